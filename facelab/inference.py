@@ -1,0 +1,100 @@
+"""Inpainting image files with a trained model: one image or a folder, pixels outside the hole untouched.
+
+The model is anything with `inpaint(image [B,3,H,W], mask [B,1,H,W]) -> {"pred": ...}` (the Lightning
+module does), so this file stays free of Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facelab.io.images import IMAGE_EXTENSIONS, list_images, read_gray, read_rgb, save_image, to_tensor, to_uint8
+
+log = logging.getLogger(__name__)
+SIZE_MULTIPLE = 8  # two stride-2 downsamplings and 8-px HOG cells
+
+
+def read_mask(path: Path, white_is_hole: bool = True) -> np.ndarray:
+    """A mask file -> `[H, W]` bool, True = hole; thresholded at half intensity."""
+    gray = read_gray(path)
+    hole = gray >= 128
+    return hole if white_is_hole else ~hole
+
+
+def pair_files(image: Path, mask: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs: one image and one mask, a folder with one mask, or two folders matched by stem."""
+    for path, key in ((image, "image"), (mask, "mask")):
+        if not path.exists():
+            raise FileNotFoundError(f"{key}={str(path)!r} does not exist.")
+    images = list_images(image)
+    if not images:
+        raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in image={str(image)!r}.")
+    if mask.is_file():
+        return [(path, mask) for path in images]
+    masks = {path.stem: path for path in list_images(mask)}
+    missing = [path.name for path in images if path.stem not in masks]
+    if missing:
+        raise FileNotFoundError(f"No mask in mask={str(mask)!r} for {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+                                "masks must share the image's file name (any image extension).")
+    return [(path, masks[path.stem]) for path in images]
+
+
+def _network_input(image: np.ndarray, hole: np.ndarray, size: int | None):
+    """Tensors for the network: resized to `size`, or padded (reflect) up to a multiple of 8."""
+    image_t = to_tensor(image).unsqueeze(0)                         # [1, 3, H, W]
+    mask_t = torch.from_numpy(hole).float()[None, None]             # [1, 1, H, W]
+    height, width = hole.shape
+    if size is not None:
+        image_t = F.interpolate(image_t, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+        mask_t = (F.interpolate(mask_t, size=(size, size), mode="area") > 0).float()  # any hole pixel stays hole
+        return image_t, mask_t
+    pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
+    if pad_h or pad_w:
+        image_t = F.pad(image_t, (0, pad_w, 0, pad_h), mode="reflect")
+        mask_t = F.pad(mask_t, (0, pad_w, 0, pad_h), mode="constant", value=0.0)
+    return image_t, mask_t
+
+
+@torch.no_grad()
+def inpaint_array(model, image: np.ndarray, hole: np.ndarray, size: int | None = None,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """`[H, W, 3]` uint8 and `[H, W]` bool -> `[H, W, 3]` uint8 with only the hole's pixels replaced."""
+    height, width = hole.shape
+    image_t, mask_t = _network_input(image, hole, size)
+    pred = model.inpaint(image_t.to(device), mask_t.to(device))["pred"].float().cpu()
+    if size is not None:
+        pred = F.interpolate(pred, size=(height, width), mode="bicubic", align_corners=False)
+    pred = to_uint8(pred[0, :, :height, :width])
+    return np.where(hole[..., None], pred, image)
+
+
+def inpaint_files(model, image: str | Path, mask: str | Path, out: str | Path, size: int | None = None,
+                  device: str = "cpu", white_is_hole: bool = True) -> list[Path]:
+    """Inpaint one image file or a folder; returns the written paths (each written atomically)."""
+    image, mask, out = Path(image), Path(mask), Path(out)
+    pairs = pair_files(image, mask)
+    single = image.is_file()
+    written = []
+    for image_path, mask_path in pairs:
+        pixels, hole = read_rgb(image_path), read_mask(mask_path, white_is_hole)
+        if hole.shape != pixels.shape[:2]:
+            raise ValueError(f"Mask {mask_path} is {hole.shape[1]}x{hole.shape[0]} but image {image_path} is "
+                             f"{pixels.shape[1]}x{pixels.shape[0]}; give a mask of the image's size.")
+        result = inpaint_array(model, pixels, hole, size, device)
+        target = out if single and out.suffix.lower() in IMAGE_EXTENSIONS else out / f"{image_path.stem}.png"
+        save_image(result, target)
+        written.append(target)
+        log.info("inpainted %s (hole %.1f%%) -> %s", image_path, 100 * hole.mean(), target)
+    return written
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,98 @@
+"""Image and mask files: reading with clear errors, writing atomically, tensor <-> file conversion."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class CorruptImageError(ValueError):
+    """An image file exists but cannot be decoded."""
+
+
+def list_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """All image files under `root` (recursive), sorted so that every machine sees the same order."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"Image folder {root} does not exist.")
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to `[H, W, 3]` uint8 RGB; a corrupt file raises CorruptImageError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Image {path} does not exist.")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: truncated files only fail on load
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise CorruptImageError(
+            f"Cannot decode image {path} ({error}). Replace or delete the file, or set "
+            "`on_corrupt: skip` in the data config to skip unreadable files with a warning."
+        ) from error
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Decode an image file to `[H, W]` uint8 grayscale; a corrupt file raises CorruptImageError naming it."""
+    return np.asarray(Image.fromarray(read_rgb(path)).convert("L"))
+
+
+def center_crop_resize(image: np.ndarray, size: int, resample=Image.BICUBIC) -> np.ndarray:
+    """Crop the central square of `[H, W, C]` (or `[H, W]`) and resize it to `size` x `size`."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = Image.fromarray(image[top : top + side, left : left + side])
+    if side != size:
+        square = square.resize((size, size), resample)
+    return np.asarray(square)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """`[H, W, 3]` uint8 -> `[3, H, W]` float32 in [-1, 1] (the data contract)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """`[3, H, W]` or `[1, H, W]` float in [-1, 1] -> `[H, W, 3]` / `[H, W]` uint8."""
+    array = image.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().cpu().numpy()
+    array = array.transpose(1, 2, 0)
+    return array[..., 0] if array.shape[2] == 1 else array
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and `os.replace`, so a crash
+    never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_image(array: np.ndarray, path: str | Path) -> None:
+    """Save a uint8 `[H, W]` / `[H, W, 3]` array atomically; the format follows the suffix."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    Image.fromarray(array).save(buffer, format=image_format)
+    atomic_write_bytes(path, buffer.getvalue())
