@@ -34,7 +34,8 @@ def _apply_extras(cfg: DictConfig) -> None:
         from rich.console import Console
         from rich.syntax import Syntax
 
-        Console().print(Syntax(OmegaConf.to_yaml(cfg, resolve=True), "yaml", theme="ansi_dark"))
+        shown = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # hydra's own node is noise
+        Console().print(Syntax(OmegaConf.to_yaml(shown, resolve=True), "yaml", theme="ansi_dark"))
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -115,16 +116,31 @@ def run_train(cfg: DictConfig) -> float | None:
     return metrics.get(optimized) if optimized else None
 
 
-def run_eval(cfg: DictConfig) -> dict:
-    """Test a checkpoint on the configured data's test split."""
-    _apply_extras(cfg)
+def _evaluation_model_config(cfg: DictConfig) -> DictConfig:
+    """`model` for `ckpt=...`, `baseline_model` for `baseline=...`; exactly one of them must be given."""
+    if cfg.get("baseline") and cfg.get("ckpt"):
+        raise ValueError("Give either ckpt=<file> or baseline=<zero|mean|biharmonic>, not both.")
+    if cfg.get("baseline"):
+        return cfg.baseline_model
+    if not cfg.get("ckpt"):
+        raise ValueError("facelab-eval needs ckpt=<run dir>/checkpoints/last.ckpt, or "
+                         "baseline=zero|mean|biharmonic to score a classical baseline on the same test images "
+                         "and masks.")
     _check_checkpoint(cfg.ckpt)
+    return cfg.model
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    """Test a checkpoint, or a classical baseline, on the configured data's test split."""
+    _apply_extras(cfg)
+    model_config = _evaluation_model_config(cfg)
     if cfg.get("seed") is not None:
         call({"_target_": "pytorch_lightning.seed_everything", "seed": cfg.seed, "workers": True})
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = instantiate(model_config)
     _prepare_wandb(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, logger=_instantiate_all(cfg.get("logger")) or False)
+    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+                          logger=_instantiate_all(cfg.get("logger")) or False)
     try:
         trainer.test(model, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

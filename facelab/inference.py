@@ -31,7 +31,8 @@ def pair_files(image: Path, mask: Path) -> list[tuple[Path, Path]]:
     for path, key in ((image, "image"), (mask, "mask")):
         if not path.exists():
             raise FileNotFoundError(f"{key}={str(path)!r} does not exist.")
-    images = list_images(image)
+    # A mask folder inside the image folder holds masks, not images to inpaint.
+    images = [path for path in list_images(image) if mask.is_file() or mask.resolve() not in path.resolve().parents]
     if not images:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in image={str(image)!r}.")
     if mask.is_file():

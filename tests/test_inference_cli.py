@@ -76,13 +76,13 @@ def test_inpaint_bad_inputs_name_the_problem(trained_checkpoint, tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(wrong_size)
     with pytest.raises(ValueError, match="wrong.png.*16x16"):
         _inpaint(tmp_path, trained_checkpoint, image_path, wrong_size, tmp_path / "o.png")
-    (tmp_path / "in" / "masks" / "face0.png").unlink()
-    with pytest.raises(FileNotFoundError, match="face0"):
-        _inpaint(tmp_path, trained_checkpoint, tmp_path / "in", tmp_path / "in" / "masks", tmp_path / "out")
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match="corrupt.png"):
         _inpaint(tmp_path, trained_checkpoint, corrupt, mask_path, tmp_path / "o.png")
+    mask_path.unlink()
+    with pytest.raises(FileNotFoundError, match="face0"):
+        _inpaint(tmp_path, trained_checkpoint, tmp_path / "in", tmp_path / "in" / "masks", tmp_path / "out")
 
 
 def _run(*args, cwd):
