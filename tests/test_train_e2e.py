@@ -89,3 +89,33 @@ def test_checkpoint_save_and_resume_continues_the_run(tiny_train_config, tmp_pat
 def test_invalid_mode_and_guide_combinations(tiny_train_config, tmp_path, mode, guide):
     with pytest.raises(Exception, match="model.mode"):
         _fit(tiny_train_config, tmp_path / "run", f"model.mode={mode}", f"model/guide={guide}")
+
+
+def _random_vgg16_file(path):
+    """A randomly initialised VGG16 trunk saved with torchvision's keys (the real file's format)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    features = make_layers(cfgs["D"])
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path
+
+
+@pytest.mark.slow
+def test_fit_with_perceptual_and_style_losses(tiny_train_config, tmp_path):
+    vgg_file = _random_vgg16_file(tmp_path / "vgg16-397923af.pth")
+    run_dir = tmp_path / "run"
+    _fit(tiny_train_config, run_dir, "model.losses.inpaint.perceptual=0.1", "model.losses.inpaint.style=250",
+         f"model.losses.vgg_weights={vgg_file}")
+    logged = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    style = [float(r["train/inpaint_g_style_step"]) for r in logged if r.get("train/inpaint_g_style_step")]
+    assert style and all(math.isfinite(v) and v > 0 for v in style)
+    assert not any(k.startswith("perceptual_style.") for k in _checkpoint(run_dir)["state_dict"])
+
+
+@pytest.mark.slow
+def test_missing_vgg_weights_stop_the_fit_at_start_up(tiny_train_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth") as error:
+        _fit(tiny_train_config, tmp_path / "run", "model.losses.inpaint.perceptual=0.1")
+    assert "download.pytorch.org/models/vgg16-397923af.pth" in str(error.value)
+    assert not (tmp_path / "run" / "checkpoints").exists(), "nothing trained before the error"

@@ -15,6 +15,8 @@ def register_frozen(owner: nn.Module, name: str, network: nn.Module) -> nn.Modul
     """Attach `network` as `owner.<name>`, frozen, and exclude its keys from `owner`'s checkpoints."""
     network.requires_grad_(False)
     network.eval()
+    if name in owner.__dict__ and owner.__dict__[name] is None:  # a `self.x = None` placeholder
+        delattr(owner, name)
     owner.add_module(name, network)
     prefixes = getattr(owner, "_frozen_prefixes", None)
     if prefixes is None:
