@@ -18,6 +18,7 @@ from scipy import ndimage
 from skimage import color, data, transform
 from skimage.feature import hog as skimage_hog
 
+from datamodules.synthetic_faces import render_face
 from facelab.ops.hog import BLOCK_NORMS, hog, hog_cells, render_hog
 
 # (orientations, pixels_per_cell, cells_per_block, image size): sizes include non-multiples of the cell.
@@ -296,3 +297,15 @@ def test_float32_input_matches_skimage_in_float32():
     cells = hog_cells(half, 9, 8)  # computed in float32, returned in float16
     assert cells.dtype == torch.float16
     assert torch.allclose(cells.float(), hog_cells(half.float(), 9, 8), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", BLOCK_NORMS)
+@pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), [(9, 8, 2, 64), (9, 8, 3, 256), (12, 4, 2, 96)])
+def test_hog_matches_skimage_on_synthetic_faces(orientations, ppc, cpb, size, norm):
+    """The embedded default data: flat skin and hard clip-art edges, unlike the photos above."""
+    faces = [render_face(size, seed=0, index=index).image / 255.0 for index in range(3)]
+    ours = hog(_batch(faces), orientations, ppc, cpb, norm)
+    for face, got in zip(faces, ours, strict=True):
+        expected = torch.from_numpy(_reference(face, orientations, ppc, cpb, norm))
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() < 1e-4
