@@ -25,7 +25,9 @@ class ImageGrid(pl.Callback):
     def grid(self, visuals: dict) -> torch.Tensor:
         """`[3, H', W']` in [-1, 1]: columns in COLUMNS order, gray guides shown as RGB."""
         columns = [visuals[name][: self.max_items].float() for name in COLUMNS if name in visuals]
-        columns = [c.mul(2).sub(1).expand(-1, 3, -1, -1) if c.shape[1] == 1 else c for c in columns]  # [0,1] guides
+        columns = [
+            c.mul(2).sub(1).expand(-1, 3, -1, -1) if c.shape[1] == 1 else c for c in columns
+        ]  # [0,1] guides
         tiles = torch.stack(columns, dim=1).flatten(0, 1)  # item-major: row i holds item i's columns
         return make_grid(tiles.clamp(-1, 1), nrow=len(columns), padding=2, pad_value=1.0)
 

@@ -24,7 +24,9 @@ class MetricHistory(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{self.prefix}/")}
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{self.prefix}/")
+        }
         if metrics:
             self.rows.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
             self._write()
@@ -37,7 +39,9 @@ class MetricHistory(pl.Callback):
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_bytes(self.dirpath / f"{self.prefix}_history.csv", buffer.getvalue().encode())
-        atomic_write_bytes(self.dirpath / f"{self.prefix}_history.md", markdown_table(self.rows, columns).encode())
+        atomic_write_bytes(
+            self.dirpath / f"{self.prefix}_history.md", markdown_table(self.rows, columns).encode()
+        )
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}

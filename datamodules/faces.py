@@ -27,8 +27,14 @@ def _check_split(split: str) -> None:
 class SyntheticFaceSource:
     """Procedural faces; each split draws from its own seed so validation faces are never trained on."""
 
-    def __init__(self, size: int = 64, train_length: int = 4000, val_length: int = 64, test_length: int = 64,
-                 seed: int = 0):
+    def __init__(
+        self,
+        size: int = 64,
+        train_length: int = 4000,
+        val_length: int = 64,
+        test_length: int = 64,
+        seed: int = 0,
+    ):
         self.size = size
         self.lengths = {"train": train_length, "val": val_length, "test": test_length}
         self.seed = seed
@@ -36,7 +42,9 @@ class SyntheticFaceSource:
     def dataset(self, split: str) -> Dataset:
         """The split's faces."""
         _check_split(split)
-        return SyntheticFaces(size=self.size, length=self.lengths[split], seed=self.seed + SPLITS.index(split))
+        return SyntheticFaces(
+            size=self.size, length=self.lengths[split], seed=self.seed + SPLITS.index(split)
+        )
 
 
 class ImageFileFaces(Dataset):
@@ -44,7 +52,9 @@ class ImageFileFaces(Dataset):
 
     def __init__(self, files: list[Path], size: int, crop_size: int | None = None, on_corrupt: str = "error"):
         if on_corrupt not in ON_CORRUPT:
-            raise ValueError(f"on_corrupt={on_corrupt!r} (config key data.faces.on_corrupt); use one of {ON_CORRUPT}.")
+            raise ValueError(
+                f"on_corrupt={on_corrupt!r} (config key data.faces.on_corrupt); use one of {ON_CORRUPT}."
+            )
         self.files, self.size, self.crop_size, self.on_corrupt = files, size, crop_size, on_corrupt
         self._reported: set[Path] = set()
 
@@ -71,7 +81,9 @@ class ImageFileFaces(Dataset):
                     warnings.warn(f"Skipping unreadable image {path}: {error.__cause__}", stacklevel=2)
                 continue
             return {"image": to_tensor(image), "meta": {"index": index, "name": path.name}}
-        raise CorruptImageError(f"No readable image among the {len(self.files)} files starting at {self.files[0]}.")
+        raise CorruptImageError(
+            f"No readable image among the {len(self.files)} files starting at {self.files[0]}."
+        )
 
 
 def _center_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
@@ -91,8 +103,14 @@ class CelebASource:
     IMAGE_DIR = "img_align_celeba"
     LAYOUT = "<root>/img_align_celeba/000001.jpg ... and <root>/list_eval_partition.txt"
 
-    def __init__(self, root: str, size: int = 256, crop_size: int | None = 178, on_corrupt: str = "error",
-                 limit: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        size: int = 256,
+        crop_size: int | None = 178,
+        on_corrupt: str = "error",
+        limit: int | None = None,
+    ):
         self.root, self.size, self.crop_size = Path(root), size, crop_size
         self.on_corrupt, self.limit = on_corrupt, limit
 
@@ -125,8 +143,16 @@ class CelebASource:
 class FolderSource:
     """Any folder of face images (CelebA-HQ, FFHQ, ...), split by a seeded permutation of the sorted files."""
 
-    def __init__(self, root: str, size: int = 256, val_fraction: float = 0.05, test_fraction: float = 0.05,
-                 seed: int = 0, on_corrupt: str = "error", crop_size: int | None = None):
+    def __init__(
+        self,
+        root: str,
+        size: int = 256,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        seed: int = 0,
+        on_corrupt: str = "error",
+        crop_size: int | None = None,
+    ):
         self.root, self.size, self.seed = Path(root), size, seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.on_corrupt, self.crop_size = on_corrupt, crop_size
@@ -141,10 +167,13 @@ class FolderSource:
             )
         files = list_images(self.root)
         if not files:
-            raise FileNotFoundError(f"No images (.jpg, .png, ...) found under {self.root} (config key data.faces.root).")
+            raise FileNotFoundError(
+                f"No images (.jpg, .png, ...) found under {self.root} (config key data.faces.root)."
+            )
         order = np.random.default_rng(self.seed).permutation(len(files))
         n_val, n_test = round(len(files) * self.val_fraction), round(len(files) * self.test_fraction)
         bounds = {"val": (0, n_val), "test": (n_val, n_val + n_test), "train": (n_val + n_test, len(files))}
         start, stop = bounds[split]
-        return ImageFileFaces([files[i] for i in sorted(order[start:stop])], self.size, self.crop_size,
-                              self.on_corrupt)
+        return ImageFileFaces(
+            [files[i] for i in sorted(order[start:stop])], self.size, self.crop_size, self.on_corrupt
+        )

@@ -16,16 +16,28 @@ from datamodules.masks import MaskFolder, ProceduralMasks
 class ProceduralMaskSource:
     """Free-form strokes and boxes drawn on the fly (`facelab.ops.masks`)."""
 
-    def __init__(self, size: int = 64, seed: int = 0, hole_ratio: tuple[float, float] = (0.01, 0.6),
-                 style: str = "mixed", eval_length: int = 2000):
+    def __init__(
+        self,
+        size: int = 64,
+        seed: int = 0,
+        hole_ratio: tuple[float, float] = (0.01, 0.6),
+        style: str = "mixed",
+        eval_length: int = 2000,
+    ):
         self.size, self.seed, self.hole_ratio, self.style = size, seed, tuple(hole_ratio), style
         self.eval_length = eval_length
 
     def dataset(self, split: str, length: int) -> Dataset:
         """Random masks for training; masks fixed by index for val/test (val and test use other seeds)."""
         seed = self.seed + ("train", "val", "test").index(split) * 1_000_003
-        return ProceduralMasks(self.size, max(length, 1), seed=seed, hole_ratio=self.hole_ratio, style=self.style,
-                               fixed=split != "train")
+        return ProceduralMasks(
+            self.size,
+            max(length, 1),
+            seed=seed,
+            hole_ratio=self.hole_ratio,
+            style=self.style,
+            fixed=split != "train",
+        )
 
 
 class MaskFolderSource:
@@ -33,8 +45,14 @@ class MaskFolderSource:
     evaluation: EdgeConnect and the HOG paper trained on the 12k NVIDIA *test* masks, which leaks into
     any evaluation on the same files."""
 
-    def __init__(self, train_root: str, eval_root: str | None = None, size: int = 256, bucket: str | int | None = None,
-                 white_is_hole: bool = True):
+    def __init__(
+        self,
+        train_root: str,
+        eval_root: str | None = None,
+        size: int = 256,
+        bucket: str | int | None = None,
+        white_is_hole: bool = True,
+    ):
         self.train_root, self.eval_root = train_root, eval_root or train_root
         self.size, self.bucket, self.white_is_hole = size, bucket, white_is_hole
 
@@ -42,8 +60,9 @@ class MaskFolderSource:
         """Augmented training masks, or the evaluation folder's masks in file order."""
         if split == "train":
             return MaskFolder(self.train_root, self.size, augment=True, white_is_hole=self.white_is_hole)
-        return MaskFolder(self.eval_root, self.size, augment=False, bucket=self.bucket,
-                          white_is_hole=self.white_is_hole)
+        return MaskFolder(
+            self.eval_root, self.size, augment=False, bucket=self.bucket, white_is_hole=self.white_is_hole
+        )
 
 
 class InpaintingDataset(Dataset):
@@ -57,8 +76,8 @@ class InpaintingDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         face = self.faces[index]
-        image = face["image"]                              # [3, H, W]
-        mask = self.masks[index % len(self.masks)]         # [1, H, W], 1 = hole
+        image = face["image"]  # [3, H, W]
+        mask = self.masks[index % len(self.masks)]  # [1, H, W], 1 = hole
         if image.shape[-2:] != mask.shape[-2:]:
             raise ValueError(
                 f"Mask size {tuple(mask.shape[-2:])} differs from image size {tuple(image.shape[-2:])} "
@@ -73,17 +92,26 @@ class InpaintingDataset(Dataset):
 class InpaintingDataModule(pl.LightningDataModule):
     """Faces from a source (`datamodules.faces`) paired with masks from a mask source."""
 
-    def __init__(self, faces, masks, batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False, flip: bool = True):
+    def __init__(
+        self,
+        faces,
+        masks,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        flip: bool = True,
+    ):
         super().__init__()
         self.faces, self.masks = faces, masks
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.flip = num_workers, pin_memory, flip
         self.datasets: dict[str, Dataset] = {}
-        if getattr(faces, "size", None) != getattr(masks, "size", None):
+        face_size, mask_size = getattr(faces, "size", None), getattr(masks, "size", None)
+        if face_size != mask_size:
             raise ValueError(
-                f"data.faces.size={getattr(faces, 'size', None)} but data.masks.size={getattr(masks, 'size', None)}:"
-                " masks must match the image size. Set both (or data.size, which both follow)."
+                f"data.faces.size={face_size} but data.masks.size={mask_size}: masks must match the images. "
+                "data.masks.size follows data.faces.size unless overridden: drop that override or match them."
             )
 
     def split(self, split: str) -> Dataset:
@@ -101,8 +129,12 @@ class InpaintingDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self.split(split), batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle, num_workers=self.num_workers, pin_memory=self.pin_memory, drop_last=split == "train",
+            self.split(split),
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=split == "train",
             persistent_workers=self.num_workers > 0,
         )
 

@@ -13,7 +13,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facelab.io.images import IMAGE_EXTENSIONS, list_images, read_gray, read_rgb, save_image, to_tensor, to_uint8
+from facelab.io.images import (
+    IMAGE_EXTENSIONS,
+    list_images,
+    read_gray,
+    read_rgb,
+    save_image,
+    to_tensor,
+    to_uint8,
+)
 
 log = logging.getLogger(__name__)
 SIZE_MULTIPLE = 8  # two stride-2 downsamplings and 8-px HOG cells
@@ -32,7 +40,9 @@ def pair_files(image: Path, mask: Path) -> list[tuple[Path, Path]]:
         if not path.exists():
             raise FileNotFoundError(f"{key}={str(path)!r} does not exist.")
     # A mask folder inside the image folder holds masks, not images to inpaint.
-    images = [path for path in list_images(image) if mask.is_file() or mask.resolve() not in path.resolve().parents]
+    images = [
+        path for path in list_images(image) if mask.is_file() or mask.resolve() not in path.resolve().parents
+    ]
     if not images:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in image={str(image)!r}.")
     if mask.is_file():
@@ -40,19 +50,23 @@ def pair_files(image: Path, mask: Path) -> list[tuple[Path, Path]]:
     masks = {path.stem: path for path in list_images(mask)}
     missing = [path.name for path in images if path.stem not in masks]
     if missing:
-        raise FileNotFoundError(f"No mask in mask={str(mask)!r} for {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
-                                "masks must share the image's file name (any image extension).")
+        raise FileNotFoundError(
+            f"No mask in mask={str(mask)!r} for {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+            "masks must share the image's file name (any image extension)."
+        )
     return [(path, masks[path.stem]) for path in images]
 
 
 def _network_input(image: np.ndarray, hole: np.ndarray, size: int | None):
     """Tensors for the network: resized to `size`, or padded (reflect) up to a multiple of 8."""
-    image_t = to_tensor(image).unsqueeze(0)                         # [1, 3, H, W]
-    mask_t = torch.from_numpy(hole).float()[None, None]             # [1, 1, H, W]
+    image_t = to_tensor(image).unsqueeze(0)  # [1, 3, H, W]
+    mask_t = torch.from_numpy(hole).float()[None, None]  # [1, 1, H, W]
     height, width = hole.shape
     if size is not None:
         image_t = F.interpolate(image_t, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
-        mask_t = (F.interpolate(mask_t, size=(size, size), mode="area") > 0).float()  # any hole pixel stays hole
+        mask_t = (
+            F.interpolate(mask_t, size=(size, size), mode="area") > 0
+        ).float()  # any hole pixel stays hole
         return image_t, mask_t
     pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
     if pad_h or pad_w:
@@ -62,8 +76,9 @@ def _network_input(image: np.ndarray, hole: np.ndarray, size: int | None):
 
 
 @torch.no_grad()
-def inpaint_array(model, image: np.ndarray, hole: np.ndarray, size: int | None = None,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+def inpaint_array(
+    model, image: np.ndarray, hole: np.ndarray, size: int | None = None, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """`[H, W, 3]` uint8 and `[H, W]` bool -> `[H, W, 3]` uint8 with only the hole's pixels replaced."""
     height, width = hole.shape
     image_t, mask_t = _network_input(image, hole, size)
@@ -74,8 +89,15 @@ def inpaint_array(model, image: np.ndarray, hole: np.ndarray, size: int | None =
     return np.where(hole[..., None], pred, image)
 
 
-def inpaint_files(model, image: str | Path, mask: str | Path, out: str | Path, size: int | None = None,
-                  device: str = "cpu", white_is_hole: bool = True) -> list[Path]:
+def inpaint_files(
+    model,
+    image: str | Path,
+    mask: str | Path,
+    out: str | Path,
+    size: int | None = None,
+    device: str = "cpu",
+    white_is_hole: bool = True,
+) -> list[Path]:
     """Inpaint one image file or a folder; returns the written paths (each written atomically)."""
     image, mask, out = Path(image), Path(mask), Path(out)
     pairs = pair_files(image, mask)
@@ -84,8 +106,10 @@ def inpaint_files(model, image: str | Path, mask: str | Path, out: str | Path, s
     for image_path, mask_path in pairs:
         pixels, hole = read_rgb(image_path), read_mask(mask_path, white_is_hole)
         if hole.shape != pixels.shape[:2]:
-            raise ValueError(f"Mask {mask_path} is {hole.shape[1]}x{hole.shape[0]} but image {image_path} is "
-                             f"{pixels.shape[1]}x{pixels.shape[0]}; give a mask of the image's size.")
+            raise ValueError(
+                f"Mask {mask_path} is {hole.shape[1]}x{hole.shape[0]} but image {image_path} is "
+                f"{pixels.shape[1]}x{pixels.shape[0]}; give a mask of the image's size."
+            )
         result = inpaint_array(model, pixels, hole, size, device)
         target = out if single and out.suffix.lower() in IMAGE_EXTENSIONS else out / f"{image_path.stem}.png"
         save_image(result, target)

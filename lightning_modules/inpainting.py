@@ -44,9 +44,16 @@ def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> to
 class GuidedInpainting(pl.LightningModule):
     """Both stages, their GAN losses, validation metrics and the inference cascade."""
 
-    def __init__(self, mode: str = "both", guide: dict | None = None, networks: dict | None = None,
-                 losses: dict | None = None, optim: dict | None = None, hole_fill: float = 1.0,
-                 init_from: str | None = None):
+    def __init__(
+        self,
+        mode: str = "both",
+        guide: dict | None = None,
+        networks: dict | None = None,
+        losses: dict | None = None,
+        optim: dict | None = None,
+        hole_fill: float = 1.0,
+        init_from: str | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -57,16 +64,21 @@ class GuidedInpainting(pl.LightningModule):
         d_channels = networks.get("discriminator_channels", 64)
         channels = self.guide.channels
         if "shape" in self.stages:
-            self.shape_generator = InpaintGenerator(3 + channels + 1, channels, spectral_norm=True, output="sigmoid",
-                                                    **generator_options)
+            self.shape_generator = InpaintGenerator(
+                3 + channels + 1, channels, spectral_norm=True, output="sigmoid", **generator_options
+            )
             self.shape_discriminator = PatchDiscriminator(1 + channels, d_channels)
         self.inpaint_generator = None
         if "inpaint" in self.stages:
             self.inpaint_generator = InpaintGenerator(3 + channels + 1, 3, output="tanh", **generator_options)
             self.inpaint_discriminator = PatchDiscriminator(3, d_channels)
-        self.loss_config = {"gan": "nsgan", "shape": {"l1": 1.0, "adversarial": 1.0},
-                            "inpaint": {"l1": 1.0, "adversarial": 0.1, "perceptual": 0.1, "style": 250.0},
-                            "vgg_weights": None, **(losses or {})}
+        self.loss_config = {
+            "gan": "nsgan",
+            "shape": {"l1": 1.0, "adversarial": 1.0},
+            "inpaint": {"l1": 1.0, "adversarial": 0.1, "perceptual": 0.1, "style": 250.0},
+            "vgg_weights": None,
+            **(losses or {}),
+        }
         self.adversarial = AdversarialLoss(self.loss_config["gan"])
         self.perceptual_style = None
         self.optim_config = {"lr": 1e-4, "betas": (0.0, 0.9), "d2g_lr": 0.1, **(optim or {})}
@@ -84,8 +96,10 @@ class GuidedInpainting(pl.LightningModule):
             raise ValueError(f"model.mode={mode!r}; choose one of {MODES}.")
         if guide_kind == "none":
             if mode in ("shape", "cascade", "joint"):
-                raise ValueError(f"model.mode={mode!r} needs a guide to predict, but model.guide.kind='none'. "
-                                 "Use mode 'inpaint' or 'both' for plain inpainting.")
+                raise ValueError(
+                    f"model.mode={mode!r} needs a guide to predict, but model.guide.kind='none'. "
+                    "Use mode 'inpaint' or 'both' for plain inpainting."
+                )
             return ("inpaint",)
         return {"shape": ("shape",), "inpaint": ("inpaint",)}.get(mode, ("shape", "inpaint"))
 
@@ -98,15 +112,19 @@ class GuidedInpainting(pl.LightningModule):
         """Warm start from another fit's checkpoint: copies every stage present in both."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"model.init_from={str(path)!r} does not exist; point it at a checkpoint (.ckpt) "
-                                    "of an earlier fit (e.g. mode=shape for cascade).")
+            raise FileNotFoundError(
+                f"model.init_from={str(path)!r} does not exist; point it at a checkpoint (.ckpt) "
+                "of an earlier fit (e.g. mode=shape for cascade)."
+            )
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         own = self.state_dict()
         shared = {k: v for k, v in state.items() if k in own}
         mismatched = [k for k, v in shared.items() if v.shape != own[k].shape]
         if not shared or mismatched:
-            raise ValueError(f"model.init_from={str(path)!r} does not fit this model (guide/network config differs). "
-                             f"Shared keys: {len(shared)}; mismatched shapes: {mismatched[:10]}")
+            raise ValueError(
+                f"model.init_from={str(path)!r} does not fit this model (guide/network config differs). "
+                f"Shared keys: {len(shared)}; mismatched shapes: {mismatched[:10]}"
+            )
         if self.hparams.mode == "cascade" and not any(k.startswith("shape_generator.") for k in shared):
             raise ValueError(f"mode=cascade needs stage-1 weights, but {path} has no shape_generator.* keys.")
         self.load_state_dict(shared, strict=False)
@@ -117,47 +135,64 @@ class GuidedInpainting(pl.LightningModule):
         if stage == "fit" and self.hparams.init_from:
             self.load_stage_weights(self.hparams.init_from)
         elif stage == "fit" and self.hparams.mode == "cascade":
-            raise ValueError("mode=cascade trains stage 2 on a frozen stage 1: set model.init_from to the "
-                             "checkpoint of a fit with mode=shape (or both).")
+            raise ValueError(
+                "mode=cascade trains stage 2 on a frozen stage 1: set model.init_from to the "
+                "checkpoint of a fit with mode=shape (or both)."
+            )
         weights = self.loss_config["inpaint"]
-        if stage == "fit" and "inpaint" in self.trained_stages and (weights["perceptual"] or weights["style"]):
+        if (
+            stage == "fit"
+            and "inpaint" in self.trained_stages
+            and (weights["perceptual"] or weights["style"])
+        ):
             if self.perceptual_style is None:
                 vgg = VGG16Features(VGG_LAYERS, vgg16_weights_path(self.loss_config["vgg_weights"]))
-                self.perceptual_style = register_frozen(self, "perceptual_style",
-                                                        PerceptualStyleLoss(vgg, VGG_LAYERS, VGG_LAYERS))
+                self.perceptual_style = register_frozen(
+                    self, "perceptual_style", PerceptualStyleLoss(vgg, VGG_LAYERS, VGG_LAYERS)
+                )
 
     def configure_optimizers(self):
-        lr, betas, d_lr = self.optim_config["lr"], tuple(self.optim_config["betas"]), \
-            self.optim_config["lr"] * self.optim_config["d2g_lr"]
+        lr, betas, d_lr = (
+            self.optim_config["lr"],
+            tuple(self.optim_config["betas"]),
+            self.optim_config["lr"] * self.optim_config["d2g_lr"],
+        )
         optimizers = []
         for stage in self.trained_stages:
-            generator, discriminator = getattr(self, f"{stage}_generator"), getattr(self, f"{stage}_discriminator")
+            generator, discriminator = (
+                getattr(self, f"{stage}_generator"),
+                getattr(self, f"{stage}_discriminator"),
+            )
             optimizers.append(torch.optim.Adam(generator.parameters(), lr=lr, betas=betas))
             optimizers.append(torch.optim.Adam(discriminator.parameters(), lr=d_lr, betas=betas))
         return optimizers
 
     # ----------------------------------------------------------------- forward
     def predict_guide(self, image_masked, known_guide, mask):  # [B,3,H,W], [B,C,h,w], [B,1,H,W]
-        """Stage 1: the whole guide, merged with the known cells (EdgeConnect merges its edges the same way)."""
+        """Stage 1: the whole guide, merged with the known cells (as EdgeConnect merges its edges)."""
         size = tuple(image_masked.shape[-2:])
-        guide_hole = self.guide.hole_mask(mask)                              # [B, 1, h, w]
+        guide_hole = self.guide.hole_mask(mask)  # [B, 1, h, w]
         known = known_guide * (1 - guide_hole)
         raw = self.shape_generator(torch.cat([image_masked, self.guide.to_image_size(known, size), mask], 1))
-        predicted = self.guide.from_generator(raw)                           # [B, C, h, w]
+        predicted = self.guide.from_generator(raw)  # [B, C, h, w]
         return predicted, predicted * guide_hole + known
 
     def inpaint_image(self, image_masked, guide, mask):
         """Stage 2: the generator's raw output `[B, 3, H, W]` in [-1, 1]."""
         size = tuple(image_masked.shape[-2:])
-        return self.inpaint_generator(torch.cat([image_masked, self.guide.to_image_size(guide, size), mask], 1))
+        return self.inpaint_generator(
+            torch.cat([image_masked, self.guide.to_image_size(guide, size), mask], 1)
+        )
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, guide: torch.Tensor | None = None) -> dict:
         """The test-time cascade (`image` [B,3,H,W] in [-1,1], `mask` [B,1,H,W]): everything is computed
         from the masked image alone, unless a ground-truth `guide` is given (how mode=inpaint validates)."""
         if self.inpaint_generator is None:
-            raise ValueError("This checkpoint holds only stage 1 (mode=shape); inpainting needs a fit with "
-                             "mode=both, joint or cascade.")
+            raise ValueError(
+                "This checkpoint holds only stage 1 (mode=shape); inpainting needs a fit with "
+                "mode=both, joint or cascade."
+            )
         image_masked = masked_input(image, mask, self.hparams.hole_fill)
         out = {"masked": image_masked}
         if guide is None:
@@ -165,8 +200,10 @@ class GuidedInpainting(pl.LightningModule):
             if "shape" in self.stages:
                 out["guide_pred"], guide = self.predict_guide(image_masked, guide, mask)
             elif self.guide.channels:
-                raise ValueError(f"Stage 2 was trained with a {self.guide.kind} guide but this checkpoint has no "
-                                 "stage 1 to predict it in the hole; train with mode=both (or joint).")
+                raise ValueError(
+                    f"Stage 2 was trained with a {self.guide.kind} guide but this checkpoint has no "
+                    "stage 1 to predict it in the hole; train with mode=both (or joint)."
+                )
         out["guide"] = guide
         out["pred"] = self.inpaint_image(image_masked, guide, mask)
         out["composite"] = composite(out["pred"], image, mask)
@@ -181,8 +218,9 @@ class GuidedInpainting(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
         optimizers = self.optimizers()
-        optimizers = dict(zip([f"{s}_{n}" for s in self.trained_stages for n in ("g", "d")],
-                              optimizers if isinstance(optimizers, list) else [optimizers]))
+        names = [f"{stage}_{role}" for stage in self.trained_stages for role in ("g", "d")]
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        optimizers = dict(zip(names, optimizers, strict=True))
         image_masked = masked_input(image, mask, self.hparams.hole_fill)
         gt_guide = self.guide.compute(image)
         logs, generator_total = {}, 0.0
@@ -218,12 +256,15 @@ class GuidedInpainting(pl.LightningModule):
         gray = to_gray(image)
         real = torch.cat([gray, self.guide.to_image_size(gt_guide, size)], 1)
         fake = torch.cat([gray, self.guide.to_image_size(predicted, size)], 1)
-        d_loss = self.adversarial.discriminator(self.shape_discriminator(real)[0],
-                                                self.shape_discriminator(fake.detach())[0])
+        d_loss = self.adversarial.discriminator(
+            self.shape_discriminator(real)[0], self.shape_discriminator(fake.detach())[0]
+        )
         self._step(d_optimizer, d_loss)
         hole_fraction = self.guide.hole_mask(mask).mean().clamp_min(1e-3)
-        parts = {"l1": (predicted - gt_guide).abs().mean() / hole_fraction,  # normalised as EdgeConnect's L1
-                 "adversarial": self.adversarial.generator(self.shape_discriminator(fake)[0])}
+        parts = {
+            "l1": (predicted - gt_guide).abs().mean() / hole_fraction,  # normalised as EdgeConnect's L1
+            "adversarial": self.adversarial.generator(self.shape_discriminator(fake)[0]),
+        }
         return self._weighted(parts, weights, d_loss)
 
     @staticmethod
@@ -235,11 +276,14 @@ class GuidedInpainting(pl.LightningModule):
     def _inpaint_losses(self, image, mask, pred, d_optimizer):
         """D_I step, then G_I's loss: L1 + adversarial + perceptual + style (EdgeConnect's weights)."""
         weights = self.loss_config["inpaint"]
-        d_loss = self.adversarial.discriminator(self.inpaint_discriminator(image)[0],
-                                                self.inpaint_discriminator(pred.detach())[0])
+        d_loss = self.adversarial.discriminator(
+            self.inpaint_discriminator(image)[0], self.inpaint_discriminator(pred.detach())[0]
+        )
         self._step(d_optimizer, d_loss)
-        parts = {"l1": (pred - image).abs().mean() / mask.mean().clamp_min(1e-3),
-                 "adversarial": self.adversarial.generator(self.inpaint_discriminator(pred)[0])}
+        parts = {
+            "l1": (pred - image).abs().mean() / mask.mean().clamp_min(1e-3),
+            "adversarial": self.adversarial.generator(self.inpaint_discriminator(pred)[0]),
+        }
         if self.perceptual_style is not None:
             parts["perceptual"], parts["style"] = self.perceptual_style(pred, image, mask)
         return self._weighted(parts, weights, d_loss)
@@ -255,9 +299,15 @@ class GuidedInpainting(pl.LightningModule):
             hole = self.guide.hole_mask(mask)
             l1 = ((predicted - gt_guide).abs() * hole).sum() / (hole.sum() * predicted.shape[1]).clamp_min(1)
             self.log(f"{prefix}/guide_l1", l1, batch_size=image.shape[0], sync_dist=True)
-            return {"masked": image_masked, "guide": self.guide.render(merged, size),
-                    "guide_gt": self.guide.render(gt_guide, size), "image": image}
-        ground_truth_guide = self.guide.compute(image) if self.stages == ("inpaint",) and self.guide.channels else None
+            return {
+                "masked": image_masked,
+                "guide": self.guide.render(merged, size),
+                "guide_gt": self.guide.render(gt_guide, size),
+                "image": image,
+            }
+        ground_truth_guide = (
+            self.guide.compute(image) if self.stages == ("inpaint",) and self.guide.channels else None
+        )
         out = self.inpaint(image, mask, ground_truth_guide)
         unit_composite, unit_image = to_unit_range(out["composite"]).clamp(0, 1), to_unit_range(image)
         self.val_psnr(unit_composite, unit_image)
@@ -268,7 +318,12 @@ class GuidedInpainting(pl.LightningModule):
         self.log(f"{prefix}/psnr", self.val_psnr, batch_size=batch_size, prog_bar=True)
         self.log(f"{prefix}/ssim", self.val_ssim, batch_size=batch_size)
         self.log(f"{prefix}/psnr_zero_fill", self.val_psnr_masked, batch_size=batch_size)
-        visuals = {"masked": out["masked"], "pred": out["pred"], "composite": out["composite"], "image": image}
+        visuals = {
+            "masked": out["masked"],
+            "pred": out["pred"],
+            "composite": out["composite"],
+            "image": image,
+        }
         if self.guide.channels:
             visuals["guide"] = self.guide.render(out["guide"], size)
         return visuals

@@ -40,10 +40,16 @@ def compose_config(config_name: str, output_dir: Path, overrides: list[str]):
     """The composed config as the entry point would see it, writing into `output_dir`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name, return_hydra_config=True, overrides=[
-            f"hydra.run.dir={output_dir}", f"paths.output_dir={output_dir}", f"paths.root_dir={output_dir}",
-            *overrides,
-        ])
+        cfg = compose(
+            config_name,
+            return_hydra_config=True,
+            overrides=[
+                f"hydra.run.dir={output_dir}",
+                f"paths.output_dir={output_dir}",
+                f"paths.root_dir={output_dir}",
+                *overrides,
+            ],
+        )
     HydraConfig().set_config(cfg)
     return cfg
 

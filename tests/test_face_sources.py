@@ -80,8 +80,10 @@ def test_folder_source_seeded_disjoint_split(tmp_path):
     for i in range(20):
         Image.fromarray(skdata.astronaut()[::8, ::8]).save(tmp_path / f"{i:02d}.png")
     source = FolderSource(str(tmp_path), size=16, val_fraction=0.1, test_fraction=0.2, seed=3)
-    names = {s: [source.dataset(s)[i]["meta"]["name"] for i in range(len(source.dataset(s)))]
-             for s in ("train", "val", "test")}
+    names = {
+        s: [source.dataset(s)[i]["meta"]["name"] for i in range(len(source.dataset(s)))]
+        for s in ("train", "val", "test")
+    }
     assert [len(names[s]) for s in ("train", "val", "test")] == [14, 2, 4]
     assert len(set(sum(names.values(), []))) == 20, "splits are disjoint and cover every file"
     again = FolderSource(str(tmp_path), size=16, val_fraction=0.1, test_fraction=0.2, seed=3)

@@ -300,7 +300,9 @@ def test_float32_input_matches_skimage_in_float32():
 
 
 @pytest.mark.parametrize("norm", BLOCK_NORMS)
-@pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), [(9, 8, 2, 64), (9, 8, 3, 256), (12, 4, 2, 96)])
+@pytest.mark.parametrize(
+    ("orientations", "ppc", "cpb", "size"), [(9, 8, 2, 64), (9, 8, 3, 256), (12, 4, 2, 96)]
+)
 def test_hog_matches_skimage_on_synthetic_faces(orientations, ppc, cpb, size, norm):
     """The embedded default data: flat skin and hard clip-art edges, unlike the photos above."""
     faces = [render_face(size, seed=0, index=index).image / 255.0 for index in range(3)]

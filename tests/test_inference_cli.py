@@ -38,8 +38,11 @@ def _write_pair(folder: Path, index: int, size: int = 32) -> tuple[Path, Path, n
 
 
 def _inpaint(tmp_path, ckpt, image, mask, out, *extra):
-    cfg = compose_config("inpaint", tmp_path / "inpaint_run",
-                         [f"ckpt={ckpt}", f"image={image}", f"mask={mask}", f"out={out}", "device=cpu", *extra])
+    cfg = compose_config(
+        "inpaint",
+        tmp_path / "inpaint_run",
+        [f"ckpt={ckpt}", f"image={image}", f"mask={mask}", f"out={out}", "device=cpu", *extra],
+    )
     return run_inpaint(cfg)
 
 
@@ -57,8 +60,9 @@ def test_single_image_round_trip_keeps_known_pixels(trained_checkpoint, tmp_path
 @pytest.mark.slow
 def test_folder_round_trip_and_resize_option(trained_checkpoint, tmp_path):
     pairs = [_write_pair(tmp_path / "in", i, size=40) for i in range(2)]  # 40 px: not the training size
-    written = _inpaint(tmp_path, trained_checkpoint, tmp_path / "in", tmp_path / "in" / "masks", tmp_path / "out",
-                       "size=32")
+    written = _inpaint(
+        tmp_path, trained_checkpoint, tmp_path / "in", tmp_path / "in" / "masks", tmp_path / "out", "size=32"
+    )
     assert sorted(p.name for p in written) == ["face0.png", "face1.png"]
     for (_, _, image, hole), path in zip(pairs, sorted(written), strict=True):
         result = np.asarray(Image.open(path))
@@ -102,8 +106,14 @@ def test_console_scripts_are_hydra_apps(tmp_path):
 @pytest.mark.slow
 def test_multirun_launches_one_job_per_value(tmp_path):
     overrides = [o for o in TINY if not o.startswith("~")] + ["callbacks=none", "trainer.max_epochs=1"]
-    result = _run(BIN / "facelab-train", "-m", "model/guide=hog,none", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                  *overrides, cwd=tmp_path)
+    result = _run(
+        BIN / "facelab-train",
+        "-m",
+        "model/guide=hog,none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     finals = sorted((tmp_path / "sweep").glob("*/final_metrics.json"))
     assert [p.parent.name for p in finals] == ["0", "1"]

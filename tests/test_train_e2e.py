@@ -58,7 +58,12 @@ def test_cascade_freezes_stage_one_and_trains_stage_two(tiny_train_config, tmp_p
     shape_dir, cascade_dir = tmp_path / "shape", tmp_path / "cascade"
     _fit(tiny_train_config, shape_dir, "model.mode=shape")
     shape_weights = _checkpoint(shape_dir)["state_dict"]
-    _fit(tiny_train_config, cascade_dir, "model.mode=cascade", f"model.init_from={shape_dir}/checkpoints/last.ckpt")
+    _fit(
+        tiny_train_config,
+        cascade_dir,
+        "model.mode=cascade",
+        f"model.init_from={shape_dir}/checkpoints/last.ckpt",
+    )
     cascade_weights = _checkpoint(cascade_dir)["state_dict"]
     for key, value in shape_weights.items():
         if key.startswith("shape_generator."):
@@ -104,8 +109,13 @@ def _random_vgg16_file(path):
 def test_fit_with_perceptual_and_style_losses(tiny_train_config, tmp_path):
     vgg_file = _random_vgg16_file(tmp_path / "vgg16-397923af.pth")
     run_dir = tmp_path / "run"
-    _fit(tiny_train_config, run_dir, "model.losses.inpaint.perceptual=0.1", "model.losses.inpaint.style=250",
-         f"model.losses.vgg_weights={vgg_file}")
+    _fit(
+        tiny_train_config,
+        run_dir,
+        "model.losses.inpaint.perceptual=0.1",
+        "model.losses.inpaint.style=250",
+        f"model.losses.vgg_weights={vgg_file}",
+    )
     logged = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
     style = [float(r["train/inpaint_g_style_step"]) for r in logged if r.get("train/inpaint_g_style_step")]
     assert style and all(math.isfinite(v) and v > 0 for v in style)

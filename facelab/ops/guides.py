@@ -77,6 +77,9 @@ class HOGGuide(Guide):
         return height // self.pixels_per_cell, width // self.pixels_per_cell
 
     def hole_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        # Central differences reach one pixel across the hole's border: dilate by one pixel first, so a
+        # known cell's histogram is the same whether computed from the full or the masked image.
+        mask = F.max_pool2d(mask, 3, stride=1, padding=1)
         rows, cols = self._cell_grid(*mask.shape[-2:])
         cropped = mask[..., : rows * self.pixels_per_cell, : cols * self.pixels_per_cell]
         return F.max_pool2d(cropped, self.pixels_per_cell)
@@ -124,5 +127,7 @@ GUIDES = {"hog": HOGGuide, "edge": EdgeGuide, "none": NoGuide}
 def make_guide(kind: str = "hog", **options) -> Guide:
     """Build a guide from its config (`kind` plus that guide's options)."""
     if kind not in GUIDES:
-        raise ValueError(f"Unknown guide kind {kind!r} (config key model.guide.kind); choose one of {sorted(GUIDES)}.")
+        raise ValueError(
+            f"Unknown guide kind {kind!r} (config key model.guide.kind); choose one of {sorted(GUIDES)}."
+        )
     return GUIDES[kind](**options)
