@@ -25,7 +25,7 @@ def test_hog_guide_known_cells_do_not_see_the_hole():
     masked = images * (1 - masks) + masks  # holes whitened, as the model feeds them
     known = 1 - guide.hole_mask(masks)
     assert torch.allclose(guide.compute(images) * known, guide.compute(masked) * known, atol=1e-6)
-    assert (guide.hole_mask(masks).mean() > masks.mean()), "a cell touching the hole counts as hole"
+    assert guide.hole_mask(masks).mean() > masks.mean(), "a cell touching the hole counts as hole"
 
 
 def test_hog_guide_shapes_range_and_generator_reduction():
@@ -35,7 +35,9 @@ def test_hog_guide_shapes_range_and_generator_reduction():
     assert cells.min() >= 0 and cells.max() <= 1 and cells.max() > 0.1
     upsampled = guide.to_image_size(cells, (64, 64))
     assert upsampled.shape == (3, 9, 64, 64)
-    assert torch.allclose(guide.from_generator(upsampled), cells, atol=1e-6), "avg-pool undoes nearest upsampling"
+    assert torch.allclose(guide.from_generator(upsampled), cells, atol=1e-6), (
+        "avg-pool undoes nearest upsampling"
+    )
     assert guide.render(cells, (64, 64)).shape == (3, 1, 64, 64)
 
 
@@ -50,6 +52,9 @@ def test_edge_guide_is_skimage_canny_of_the_gray_image():
 
 def test_no_guide_has_no_channels_and_bad_kinds_fail():
     assert NoGuide().compute(_faces()).shape == (3, 0, 64, 64)
-    assert isinstance(make_guide("hog", orientations=6), HOGGuide) and make_guide("hog", orientations=6).channels == 6
+    assert (
+        isinstance(make_guide("hog", orientations=6), HOGGuide)
+        and make_guide("hog", orientations=6).channels == 6
+    )
     with pytest.raises(ValueError, match="model.guide.kind"):
         make_guide("sobel")
