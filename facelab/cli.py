@@ -124,8 +124,8 @@ def _evaluation_model_config(cfg: DictConfig) -> DictConfig:
         return cfg.baseline_model
     if not cfg.get("ckpt"):
         raise ValueError("facelab-eval needs ckpt=<run dir>/checkpoints/last.ckpt, or "
-                         "baseline=zero|mean|biharmonic to score a classical baseline on the same test images "
-                         "and masks.")
+                         "baseline=zero|mean|biharmonic to score a classical baseline on the same test "
+                         "images and masks.")
     _check_checkpoint(cfg.ckpt)
     return cfg.model
 
