@@ -88,6 +88,7 @@ class GuidedInpainting(pl.LightningModule):
         if mode == "cascade":
             self.shape_generator.requires_grad_(False)
             self.shape_discriminator.requires_grad_(False)
+            self.train()  # puts the frozen stage 1 in eval mode (see `train`)
 
     # ----------------------------------------------------------------- structure
     @staticmethod
@@ -107,6 +108,15 @@ class GuidedInpainting(pl.LightningModule):
     def trained_stages(self) -> tuple[str, ...]:
         """Stages whose weights this fit updates (cascade freezes stage 1)."""
         return ("inpaint",) if self.hparams.mode == "cascade" else self.stages
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train, but a frozen stage 1 stays in eval mode: spectral norm's power iteration
+        would otherwise keep changing its effective weights."""
+        super().train(mode)
+        if self.hparams.mode == "cascade":
+            self.shape_generator.eval()
+            self.shape_discriminator.eval()
+        return self
 
     def load_stage_weights(self, path: str) -> None:
         """Warm start from another fit's checkpoint: copies every stage present in both."""
