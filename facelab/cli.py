@@ -34,14 +34,19 @@ def _apply_extras(cfg: DictConfig) -> None:
         from rich.console import Console
         from rich.syntax import Syntax
 
-        shown = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # hydra's own node is noise
+        shown = OmegaConf.masked_copy(
+            cfg, [key for key in cfg if key != "hydra"]
+        )  # hydra's own node is noise
         Console().print(Syntax(OmegaConf.to_yaml(shown, resolve=True), "yaml", theme="ansi_dark"))
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
     """Every entry of a callbacks/logger group that has a `_target_`."""
-    return [instantiate(entry) for entry in (group or {}).values()
-            if isinstance(entry, DictConfig) and "_target_" in entry]
+    return [
+        instantiate(entry)
+        for entry in (group or {}).values()
+        if isinstance(entry, DictConfig) and "_target_" in entry
+    ]
 
 
 def _prepare_wandb(loggers: DictConfig | None) -> None:
@@ -50,12 +55,19 @@ def _prepare_wandb(loggers: DictConfig | None) -> None:
         if not (isinstance(entry, DictConfig) and str(entry.get("_target_", "")).endswith("WandbLogger")):
             continue
         Path(entry.save_dir).mkdir(parents=True, exist_ok=True)  # wandb falls back to /tmp otherwise
-        if not entry.get("offline") and not os.environ.get("WANDB_API_KEY") and \
-                os.environ.get("WANDB_MODE") not in ("online", "disabled"):
+        if (
+            not entry.get("offline")
+            and not os.environ.get("WANDB_API_KEY")
+            and os.environ.get("WANDB_MODE") not in ("online", "disabled")
+        ):
             with open_dict(entry):
                 entry.offline = True
-            log.warning("WANDB_API_KEY is not set: wandb logs offline to %s/wandb. Upload later with "
-                        "`wandb sync %s/wandb/offline-run-*`.", entry.save_dir, entry.save_dir)
+            log.warning(
+                "WANDB_API_KEY is not set: wandb logs offline to %s/wandb. Upload later with "
+                "`wandb sync %s/wandb/offline-run-*`.",
+                entry.save_dir,
+                entry.save_dir,
+            )
 
 
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -74,12 +86,16 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 def _check_checkpoint(path: str, key: str = "ckpt") -> None:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{key}={path!r} does not exist; give the .ckpt of a facelab-train run "
-                                "(<run dir>/checkpoints/last.ckpt).")
+        raise FileNotFoundError(
+            f"{key}={path!r} does not exist; give the .ckpt of a facelab-train run "
+            "(<run dir>/checkpoints/last.ckpt)."
+        )
 
 
 def _finish(output_dir: Path, metrics: dict) -> None:
-    atomic_write_bytes(output_dir / "final_metrics.json", json.dumps(metrics, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(
+        output_dir / "final_metrics.json", json.dumps(metrics, indent=2, sort_keys=True).encode()
+    )
     log.info("Output directory: %s", output_dir)
 
 
@@ -91,19 +107,45 @@ def _close_wandb() -> None:
         wandb.finish()  # a multirun's next job would otherwise reuse this run
 
 
+def _seed(cfg: DictConfig) -> None:
+    if cfg.get("seed") is not None:
+        call({"_target_": "pytorch_lightning.seed_everything", "seed": cfg.seed, "workers": True})
+
+
+def _build_trainer(cfg: DictConfig):
+    """The Trainer with the run's callbacks and loggers (CSV + TensorBoard by default)."""
+    _prepare_wandb(cfg.get("logger"))
+    return instantiate(
+        cfg.trainer,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(cfg.get("logger")) or False,
+    )
+
+
+def _load_checkpoint_model(model_config: DictConfig, path: str):
+    """Instantiate `model_config` (a `load_from_checkpoint` target); a file of another kind is an error
+    naming it rather than a KeyError from deep inside Lightning."""
+    _check_checkpoint(path)
+    try:
+        return instantiate(model_config)
+    except Exception as error:
+        raise ValueError(
+            f"ckpt={path!r} could not be loaded as a facelab inpainting checkpoint ({type(error).__name__}: "
+            f"{error}). Give the .ckpt written by facelab-train (<run dir>/checkpoints/last.ckpt)."
+        ) from error
+
+
 def run_train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) the configured model; returns `optimized_metric` for sweepers."""
     _apply_extras(cfg)
-    if cfg.get("seed") is not None:
-        call({"_target_": "pytorch_lightning.seed_everything", "seed": cfg.seed, "workers": True})
+    _seed(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
-    _prepare_wandb(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
-                          logger=_instantiate_all(cfg.get("logger")) or False)
+    trainer = _build_trainer(cfg)
     try:
         if cfg.get("train", True):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), _output_dir(cfg)))
+            ckpt_path = _resolve_ckpt_path(cfg.get("ckpt_path"), _output_dir(cfg))
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
@@ -116,31 +158,23 @@ def run_train(cfg: DictConfig) -> float | None:
     return metrics.get(optimized) if optimized else None
 
 
-def _evaluation_model_config(cfg: DictConfig) -> DictConfig:
-    """`model` for `ckpt=...`, `baseline_model` for `baseline=...`; exactly one of them must be given."""
-    if cfg.get("baseline") and cfg.get("ckpt"):
-        raise ValueError("Give either ckpt=<file> or baseline=<zero|mean|biharmonic>, not both.")
-    if cfg.get("baseline"):
-        return cfg.baseline_model
-    if not cfg.get("ckpt"):
-        raise ValueError("facelab-eval needs ckpt=<run dir>/checkpoints/last.ckpt, or "
-                         "baseline=zero|mean|biharmonic to score a classical baseline on the same test "
-                         "images and masks.")
-    _check_checkpoint(cfg.ckpt)
-    return cfg.model
-
-
 def run_eval(cfg: DictConfig) -> dict:
     """Test a checkpoint, or a classical baseline, on the configured data's test split."""
     _apply_extras(cfg)
-    model_config = _evaluation_model_config(cfg)
-    if cfg.get("seed") is not None:
-        call({"_target_": "pytorch_lightning.seed_everything", "seed": cfg.seed, "workers": True})
+    if cfg.get("baseline") and cfg.get("ckpt"):
+        raise ValueError("Give either ckpt=<file> or baseline=<zero|mean|biharmonic>, not both.")
+    if not cfg.get("baseline") and not cfg.get("ckpt"):
+        raise ValueError(
+            "facelab-eval needs ckpt=<run dir>/checkpoints/last.ckpt, or baseline=zero|mean|biharmonic "
+            "to score a classical baseline on the same test images and masks."
+        )
+    _seed(cfg)
     datamodule = instantiate(cfg.data)
-    model = instantiate(model_config)
-    _prepare_wandb(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
-                          logger=_instantiate_all(cfg.get("logger")) or False)
+    if cfg.get("baseline"):
+        model = instantiate(cfg.baseline_model)
+    else:
+        model = _load_checkpoint_model(cfg.model, cfg.ckpt)
+    trainer = _build_trainer(cfg)
     try:
         trainer.test(model, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -155,10 +189,11 @@ def run_inpaint(cfg: DictConfig) -> list[Path]:
     from facelab.inference import inpaint_files, resolve_device
 
     _apply_extras(cfg)
-    _check_checkpoint(cfg.ckpt)
     device = resolve_device(cfg.device)
-    model = instantiate(cfg.model).to(device).eval()
-    written = inpaint_files(model, cfg.image, cfg.mask, cfg.out, cfg.get("size"), device, cfg.mask_white_is_hole)
+    model = _load_checkpoint_model(cfg.model, cfg.ckpt).to(device).eval()
+    written = inpaint_files(
+        model, cfg.image, cfg.mask, cfg.out, cfg.get("size"), device, cfg.mask_white_is_hole
+    )
     log.info("Wrote %d image(s) to %s", len(written), cfg.out)
     return written
 
