@@ -126,7 +126,8 @@ class GuidedInpainting(pl.LightningModule):
                 f"model.init_from={str(path)!r} does not exist; point it at a checkpoint (.ckpt) "
                 "of an earlier fit (e.g. mode=shape for cascade)."
             )
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        # weights_only: a checkpoint is data, never code to run
+        state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
         own = self.state_dict()
         shared = {k: v for k, v in state.items() if k in own}
         mismatched = [k for k, v in shared.items() if v.shape != own[k].shape]
@@ -150,31 +151,21 @@ class GuidedInpainting(pl.LightningModule):
                 "checkpoint of a fit with mode=shape (or both)."
             )
         weights = self.loss_config["inpaint"]
-        if (
-            stage == "fit"
-            and "inpaint" in self.trained_stages
-            and (weights["perceptual"] or weights["style"])
-        ):
-            if self.perceptual_style is None:
-                vgg = VGG16Features(VGG_LAYERS, vgg16_weights_path(self.loss_config["vgg_weights"]))
-                self.perceptual_style = register_frozen(
-                    self, "perceptual_style", PerceptualStyleLoss(vgg, VGG_LAYERS, VGG_LAYERS)
-                )
+        needs_vgg = "inpaint" in self.trained_stages and (weights["perceptual"] or weights["style"])
+        if stage == "fit" and needs_vgg and self.perceptual_style is None:
+            vgg = VGG16Features(VGG_LAYERS, vgg16_weights_path(self.loss_config["vgg_weights"]))
+            loss = PerceptualStyleLoss(vgg, VGG_LAYERS, VGG_LAYERS)
+            self.perceptual_style = register_frozen(self, "perceptual_style", loss)
 
     def configure_optimizers(self):
-        lr, betas, d_lr = (
-            self.optim_config["lr"],
-            tuple(self.optim_config["betas"]),
-            self.optim_config["lr"] * self.optim_config["d2g_lr"],
-        )
+        """Adam for each trained stage's G and D, in the order `training_step` names them (g, d per stage);
+        D's learning rate is lr * d2g_lr (EdgeConnect's D2G_LR)."""
+        lr, betas = self.optim_config["lr"], tuple(self.optim_config["betas"])
         optimizers = []
         for stage in self.trained_stages:
-            generator, discriminator = (
-                getattr(self, f"{stage}_generator"),
-                getattr(self, f"{stage}_discriminator"),
-            )
-            optimizers.append(torch.optim.Adam(generator.parameters(), lr=lr, betas=betas))
-            optimizers.append(torch.optim.Adam(discriminator.parameters(), lr=d_lr, betas=betas))
+            for role, role_lr in (("generator", lr), ("discriminator", lr * self.optim_config["d2g_lr"])):
+                network = getattr(self, f"{stage}_{role}")
+                optimizers.append(torch.optim.Adam(network.parameters(), lr=role_lr, betas=betas))
         return optimizers
 
     # ----------------------------------------------------------------- forward
