@@ -129,3 +129,22 @@ def test_missing_vgg_weights_stop_the_fit_at_start_up(tiny_train_config, tmp_pat
         _fit(tiny_train_config, tmp_path / "run", "model.losses.inpaint.perceptual=0.1")
     assert "download.pytorch.org/models/vgg16-397923af.pth" in str(error.value)
     assert not (tmp_path / "run" / "checkpoints").exists(), "nothing trained before the error"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gan", ["lsgan", "hinge"])
+def test_gan_loss_kind_by_config(tiny_train_config, tmp_path, gan):
+    run_dir = tmp_path / "run"
+    _fit(tiny_train_config, run_dir, f"model.losses.gan={gan}")
+    assert _checkpoint(run_dir)["hyper_parameters"]["losses"]["gan"] == gan
+    logged = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    d_losses = [
+        float(r["train/inpaint_d_adversarial_step"])
+        for r in logged
+        if r.get("train/inpaint_d_adversarial_step")
+    ]
+    assert d_losses and all(math.isfinite(v) for v in d_losses)
+    if gan == "hinge":  # hinge's D loss is (relu(1 - real) + relu(1 + fake)) / 2 >= 0, ~1 at the start
+        assert all(v >= 0 for v in d_losses) and d_losses[0] > 0.5
+    else:  # lsgan: MSE of sigmoid outputs, at most 1
+        assert all(0 <= v <= 1 for v in d_losses)
