@@ -211,7 +211,20 @@ class GuidedInpainting(pl.LightningModule):
         return out
 
     # ----------------------------------------------------------------- training
-    def _step(self, optimizer, loss: torch.Tensor) -> None:
+    def _require_finite(self, name: str, loss: torch.Tensor) -> None:
+        """Stop before a NaN/inf loss reaches the weights, so the checkpoints on disk stay good."""
+        if torch.isfinite(loss).all():
+            return
+        checkpoint = getattr(self.trainer.checkpoint_callback, "dirpath", None) if self._trainer else None
+        raise FloatingPointError(
+            f"Non-finite {name} loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}; "
+            "stopping before it reaches the weights. The last good checkpoint is "
+            f"{checkpoint or '<run dir>/checkpoints'}/last.ckpt: resume with ckpt_path=last after lowering "
+            "model.optim.lr or checking the data."
+        )
+
+    def _step(self, optimizer, loss: torch.Tensor, name: str) -> None:
+        self._require_finite(name, loss)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
@@ -242,6 +255,7 @@ class GuidedInpainting(pl.LightningModule):
             generator_total = generator_total + total
             logs.update({f"train/inpaint_{k}": v for k, v in parts.items()})
 
+        self._require_finite("generator", generator_total)
         generator_optimizers = [o for name, o in optimizers.items() if name.endswith("_g")]
         for optimizer in generator_optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -260,7 +274,7 @@ class GuidedInpainting(pl.LightningModule):
         d_loss = self.adversarial.discriminator(
             self.shape_discriminator(real)[0], self.shape_discriminator(fake.detach())[0]
         )
-        self._step(d_optimizer, d_loss)
+        self._step(d_optimizer, d_loss, "shape discriminator")
         hole_fraction = self.guide.hole_mask(mask).mean().clamp_min(1e-3)
         parts = {
             "l1": (predicted - gt_guide).abs().mean() / hole_fraction,  # normalised as EdgeConnect's L1
@@ -280,7 +294,7 @@ class GuidedInpainting(pl.LightningModule):
         d_loss = self.adversarial.discriminator(
             self.inpaint_discriminator(image)[0], self.inpaint_discriminator(pred.detach())[0]
         )
-        self._step(d_optimizer, d_loss)
+        self._step(d_optimizer, d_loss, "inpaint discriminator")
         parts = {
             "l1": (pred - image).abs().mean() / mask.mean().clamp_min(1e-3),
             "adversarial": self.adversarial.generator(self.inpaint_discriminator(pred)[0]),

@@ -148,3 +148,19 @@ def test_gan_loss_kind_by_config(tiny_train_config, tmp_path, gan):
         assert all(v >= 0 for v in d_losses) and d_losses[0] > 0.5
     else:  # lsgan: MSE of sigmoid outputs, at most 1
         assert all(0 <= v <= 1 for v in d_losses)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_train_config, tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_train_config, run_dir)
+    good = _checkpoint(run_dir)
+    # NaN holes poison the generator input, hence every loss, from the first step of the resumed fit.
+    with pytest.raises(FloatingPointError, match="Non-finite .* loss .*ckpt_path=last"):
+        _fit(tiny_train_config, run_dir, "trainer.max_epochs=2", "ckpt_path=last", "model.hole_fill=nan")
+    kept = _checkpoint(run_dir)
+    assert kept["global_step"] == good["global_step"]
+    for key, value in good["state_dict"].items():
+        assert torch.equal(kept["state_dict"][key], value), (
+            f"{key} changed: a bad step reached the checkpoint"
+        )
