@@ -12,7 +12,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models import vgg
 
-from facelab.metrics.weights import ALEXNET, VGG16
+from facelab.io.weights import ALEXNET, VGG16
 
 TRUNKS = {"alex": (models.alexnet, ALEXNET), "vgg": (models.vgg16, VGG16)}
 

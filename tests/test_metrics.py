@@ -12,6 +12,7 @@ import scipy.linalg
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from facelab.io.weights import INCEPTION_FID
 from facelab.metrics import (
     FeatureMoments,
     KernelSample,
@@ -28,7 +29,6 @@ from facelab.metrics import (
 from facelab.metrics.distribution import key_priority
 from facelab.metrics.inception import FIDInceptionV3, InceptionFeatures, resize_like_tf1
 from facelab.metrics.perceptual import PerceptualDistance
-from facelab.metrics.weights import INCEPTION_FID
 from tests.metric_helpers import TinyFeatures, degrade, photographs, random_trunk_state, seed_torch_cache
 
 

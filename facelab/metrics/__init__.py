@@ -5,6 +5,7 @@ Images are `[B, 3, H, W]` in [0, 1] (data_range 1); convert the data contract's 
 `from_signed_range`. Pretrained networks load from the torch cache or explicit paths (`weights.py`).
 """
 
+from facelab.io.weights import MissingWeightsError, locate_weights, torch_checkpoint_dir
 from facelab.metrics.distribution import FeatureMoments, KernelSample, frechet_distance, polynomial_mmd2
 from facelab.metrics.image_quality import (
     PSNR_CAP_DB,
@@ -27,7 +28,6 @@ from facelab.metrics.suite import (
     MetricSettings,
     MetricSuite,
 )
-from facelab.metrics.weights import MissingWeightsError, locate_weights, torch_checkpoint_dir
 
 __all__ = [
     "DISTRIBUTION_METRICS",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelab.metrics.weights import INCEPTION_FID, load_state_dict, locate_weights
+from facelab.io.weights import INCEPTION_FID, load_state_dict, locate_weights
 
 INPUT_SIZE = 299
 PREPROCESSING = ("pytorch_fid", "torch_fidelity", "torchmetrics_antialias")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from facelab.metrics.weights import ALEXNET, VGG16, load_state_dict, locate_weights
+from facelab.io.weights import ALEXNET, VGG16, load_state_dict, locate_weights
 
 # Indices into torchvision's `features` at which LPIPS taps the trunk (after relu1..relu5 of each net).
 TRUNK_SLICES = {

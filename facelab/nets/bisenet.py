@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from facelab.nets.vgg import IMAGENET_MEAN, IMAGENET_STD  # the statistics every torchvision backbone uses
+
 WEIGHTS_SOURCES = (
     "zllrunning/face-parsing.PyTorch's 79999_iter.pth (19 CelebAMask-HQ classes) or "
     "Barbershop's pretrained_models/seg.pth (16 classes)"

@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-VGG16_WEIGHTS_FILE = "vgg16-397923af.pth"
-VGG16_WEIGHTS_URL = f"https://download.pytorch.org/models/{VGG16_WEIGHTS_FILE}"
+from facelab.io.weights import VGG16, torch_checkpoint_dir
+
+VGG16_WEIGHTS_FILE = VGG16.filename
+VGG16_WEIGHTS_URL = VGG16.url
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,7 +47,7 @@ LAYERS = tuple(LAYER_INDEX)  # relu1_1, relu1_2, relu2_1, ..., relu5_3
 
 def default_vgg16_weights_path() -> Path:
     """Where torchvision caches the file: `torch.hub.get_dir()/checkpoints/` ($TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS_FILE
+    return torch_checkpoint_dir() / VGG16_WEIGHTS_FILE
 
 
 def vgg16_weights_path(weights_path: str | Path | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""Pretrained weight files of the metric networks: where they are looked for, and the error when they are not.
+"""Pretrained weight files (metric networks, the VGG16 of the losses): where they are looked for, and the
+error when they are not.
 
 Nothing is downloaded. A file is taken from an explicit path (a config key) or from the torch cache,
 `$TORCH_HOME/hub/checkpoints/` (`~/.cache/torch/hub/checkpoints/` by default), where `torch.hub` and
@@ -35,7 +36,7 @@ ALEXNET = WeightsFile(
 VGG16 = WeightsFile(
     "vgg16-397923af.pth",
     "https://download.pytorch.org/models/vgg16-397923af.pth",
-    "LPIPS (vgg) and the VGG perceptual distance",
+    "The VGG16 perceptual / style losses, LPIPS (vgg) and the VGG perceptual distance",
 )
 # The FID Inception (TF 2015-12-05 graph converted to PyTorch). torch-fidelity (and torchmetrics through it)
 # publish it under the first name, pytorch-fid under the second; both use torchvision's Inception3 key names.
