@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,10 @@ def test_multirun_launches_one_job_per_value(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     finals = sorted((tmp_path / "sweep").glob("*/final_metrics.json"))
     assert [p.parent.name for p in finals] == ["0", "1"]
+    summary = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    assert [(row["job"], row["model/guide"], row["status"]) for row in summary] == [
+        ("0", "hog", "done"),
+        ("1", "none", "done"),
+    ]
+    assert all(float(row["val/psnr"]) > 0 for row in summary), "each run's final metrics are in the table"
+    assert "| job |" in (tmp_path / "sweep" / "summary.md").read_text()
