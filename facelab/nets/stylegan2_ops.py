@@ -1,0 +1,112 @@
+"""Functional core of the StyleGAN2 generator in plain PyTorch (no custom CUDA ops).
+
+The arithmetic follows NVlabs stylegan2-ada-pytorch (`training/networks.py`, `torch_utils/ops/upfirdn2d.py`,
+`conv2d_resample.py`, `bias_act.py`): an FIR filter normalised to sum 1 and scaled by `up**2` when
+upsampling, the 3x3 upsampling conv as a stride-2 transposed conv followed by the filter with one pixel of
+padding per side, and leaky ReLU (slope 0.2) with gain sqrt(2) and an optional clamp after the gain.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)
+
+
+def setup_filter(taps: list[float] | tuple[float, ...] = (1, 3, 3, 1)) -> torch.Tensor:
+    """Separable low-pass filter `[k, k]` from 1-D taps, normalised to sum 1 (as NVlabs `setup_filter`)."""
+    kernel_1d = torch.as_tensor(taps, dtype=torch.float32)
+    kernel = torch.outer(kernel_1d, kernel_1d)
+    return kernel / kernel.sum()
+
+
+def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, pad: tuple[int, int] = (0, 0),
+              gain: float = 1.0) -> torch.Tensor:
+    """Zero-insertion upsampling by `up`, symmetric padding (before, after) on H and W, then FIR filtering.
+
+    x: [B, C, H, W]; kernel: [k, k]. The kernel is flipped so that this is a true convolution, as
+    NVlabs' default `flip_filter=False`; the [1,3,3,1] filter is symmetric, so it only matters for others.
+    """
+    batch, channels, height, width = x.shape
+    if up > 1:
+        x = x.reshape(batch, channels, height, 1, width, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(batch, channels, height * up, width * up)
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    weight = (kernel * gain).flip([0, 1]).to(x.dtype)
+    weight = weight[None, None].repeat(channels, 1, 1, 1)  # [C, 1, k, k] depthwise
+    return F.conv2d(x, weight, groups=channels)
+
+
+def upsample2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 2) -> torch.Tensor:
+    """Upsample `[B, C, H, W]` to `[B, C, H*up, W*up]` with the FIR filter, gain up**2 (NVlabs)."""
+    taps = kernel.shape[-1]
+    return upfirdn2d(x, kernel, up=up, pad=((taps + up - 1) // 2, (taps - up) // 2), gain=up**2)
+
+
+def bias_lrelu(x: torch.Tensor, bias: torch.Tensor, gain: float = LRELU_GAIN,
+               clamp: float | None = None) -> torch.Tensor:
+    """x + bias, leaky ReLU (0.2), times `gain`, then clamp to +-clamp when given (NVlabs `bias_act`)."""
+    x = x + bias.reshape(1, -1, *([1] * (x.ndim - 2)))
+    x = F.leaky_relu(x, LRELU_SLOPE) * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def bias_linear(x: torch.Tensor, bias: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
+    """x + bias, then clamp to +-clamp when given (NVlabs `bias_act` with act='linear')."""
+    x = x + bias.reshape(1, -1, *([1] * (x.ndim - 2)))
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Scale each vector to unit root-mean-square (the paper's PixelNorm on z)."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def modulated_conv2d(
+    x: torch.Tensor,                    # [batch_size, in_channels, in_height, in_width]
+    weight: torch.Tensor,               # [out_channels, in_channels, kernel_height, kernel_width]
+    styles: torch.Tensor,               # Modulation coefficients [batch_size, in_channels].
+    noise: torch.Tensor | None = None,  # Added after (de)modulation: [B, 1, out_h, out_w] or [out_h, out_w].
+    up: int = 1,                        # 1 or 2; 2 = transposed conv followed by `resample_filter`.
+    padding: int = 0,                   # Padding of the 3x3 convolution (1 in StyleGAN2).
+    resample_filter: torch.Tensor | None = None,  # [k, k] filter from `setup_filter`, needed when up=2.
+    demodulate: bool = True,            # Scale each sample's output filters to unit norm?
+) -> torch.Tensor:
+    """Per-sample modulated (and demodulated) convolution as one grouped conv; returns [B, O, H', W']."""
+    batch_size = x.shape[0]
+    out_channels, in_channels, kh, kw = weight.shape  # [OIkk]
+    assert x.ndim == 4 and x.shape[1] == in_channels, f"x {tuple(x.shape)} vs weight {tuple(weight.shape)}"
+    assert styles.shape == (batch_size, in_channels), f"styles {tuple(styles.shape)}"
+
+    w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, in_channels, 1, 1)  # [NOIkk]
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [NO]
+        w = w * dcoefs.reshape(batch_size, out_channels, 1, 1, 1)
+
+    x = x.reshape(1, batch_size * in_channels, *x.shape[2:])
+    if up == 1:
+        w = w.reshape(batch_size * out_channels, in_channels, kh, kw)
+        x = F.conv2d(x, w.to(x.dtype), padding=padding, groups=batch_size)
+    else:
+        assert up == 2 and resample_filter is not None, "only up=2 with a resample filter is supported"
+        # Transposed conv takes weights [in, out/groups, k, k] per group.
+        w = w.transpose(1, 2).reshape(batch_size * in_channels, out_channels, kh, kw)
+        x = F.conv_transpose2d(x, w.to(x.dtype), stride=2, groups=batch_size)
+        # NVlabs conv2d_resample: filter padding ((f+up-1)//2 + p - (k-1), (f-up)//2 + p - (k-up)) per side.
+        taps = resample_filter.shape[-1]
+        pad0 = (taps + up - 1) // 2 + padding - (kw - 1)
+        pad1 = (taps - up) // 2 + padding - (kw - up)
+        x = upfirdn2d(x, resample_filter, pad=(pad0, pad1), gain=up**2)
+    x = x.reshape(batch_size, out_channels, *x.shape[2:])
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    return x
