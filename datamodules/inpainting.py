@@ -6,11 +6,15 @@ run and every model is scored on the same holes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.masks import MaskFolder, ProceduralMasks
+
+TRAINING_DRAWS = 2**62  # epoch-tagged training indices stay below this for any realistic run
 
 
 class ProceduralMaskSource:
@@ -28,16 +32,12 @@ class ProceduralMaskSource:
         self.eval_length = eval_length
 
     def dataset(self, split: str, length: int) -> Dataset:
-        """Random masks for training; masks fixed by index for val/test (val and test use other seeds)."""
+        """Masks fixed by index (val and test use other seeds than training). Training items are
+        epoch-tagged draws (EpochShuffle), so the training set is "every index": a new mask per epoch that
+        a resumed fit draws again identically."""
         seed = self.seed + ("train", "val", "test").index(split) * 1_000_003
-        return ProceduralMasks(
-            self.size,
-            max(length, 1),
-            seed=seed,
-            hole_ratio=self.hole_ratio,
-            style=self.style,
-            fixed=split != "train",
-        )
+        length = TRAINING_DRAWS if split == "train" else max(length, 1)
+        return ProceduralMasks(self.size, length, seed=seed, hole_ratio=self.hole_ratio, style=self.style)
 
 
 class MaskFolderSource:
@@ -65,17 +65,37 @@ class MaskFolderSource:
         )
 
 
-class InpaintingDataset(Dataset):
-    """Face i with mask i (modulo the number of masks): `{"image", "mask", "meta"}`."""
+class EpochShuffle(Sampler[int]):
+    """A fresh order every epoch that depends on (seed, epoch) alone, each index tagged with its epoch
+    (`epoch * length + item`) so the dataset can draw that epoch's mask and flip from it too. A fit resumed
+    at an epoch boundary therefore sees exactly the batches an uninterrupted fit would. The epoch is read
+    when iteration starts (from the trainer), which also works under Lightning's distributed wrapper."""
 
-    def __init__(self, faces: Dataset, masks: Dataset, flip: bool = False):
-        self.faces, self.masks, self.flip = faces, masks, flip
+    def __init__(self, length: int, seed: int, current_epoch: Callable[[], int]):
+        self.length, self.seed, self.current_epoch = length, seed, current_epoch
+
+    def __iter__(self):
+        epoch = self.current_epoch()
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.length)
+        return iter((epoch * self.length + order).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class InpaintingDataset(Dataset):
+    """Face i with mask i (modulo the number of masks): `{"image", "mask", "meta"}`. An index past the
+    faces (an epoch-tagged draw from EpochShuffle) picks face `index % len(faces)`, and mask and flip by
+    the whole index."""
+
+    def __init__(self, faces: Dataset, masks: Dataset, flip: bool = False, seed: int = 0):
+        self.faces, self.masks, self.flip, self.seed = faces, masks, flip, seed
 
     def __len__(self) -> int:
         return len(self.faces)
 
     def __getitem__(self, index: int) -> dict:
-        face = self.faces[index]
+        face = self.faces[index % len(self.faces)]
         image = face["image"]  # [3, H, W]
         mask = self.masks[index % len(self.masks)]  # [1, H, W], 1 = hole
         if image.shape[-2:] != mask.shape[-2:]:
@@ -83,7 +103,7 @@ class InpaintingDataset(Dataset):
                 f"Mask size {tuple(mask.shape[-2:])} differs from image size {tuple(image.shape[-2:])} "
                 f"(item {face['meta'].get('name', index)}). Set data.masks.size equal to data.faces.size."
             )
-        if self.flip and torch.rand(()) < 0.5:
+        if self.flip and np.random.default_rng([self.seed, index]).random() < 0.5:
             image = image.flip(-1)  # EdgeConnect's augmentation; the mask is random anyway
         meta = dict(face["meta"], hole_ratio=float(mask.mean()))
         return {"image": image, "mask": mask, "meta": meta}
@@ -101,9 +121,10 @@ class InpaintingDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         flip: bool = True,
+        seed: int = 0,
     ):
         super().__init__()
-        self.faces, self.masks = faces, masks
+        self.faces, self.masks, self.seed = faces, masks, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.flip = num_workers, pin_memory, flip
         self.datasets: dict[str, Dataset] = {}
@@ -119,7 +140,8 @@ class InpaintingDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             faces = self.faces.dataset(split)
             masks = self.masks.dataset(split, len(faces))
-            self.datasets[split] = InpaintingDataset(faces, masks, flip=self.flip and split == "train")
+            flip = self.flip and split == "train"
+            self.datasets[split] = InpaintingDataset(faces, masks, flip=flip, seed=self.seed)
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
@@ -127,22 +149,27 @@ class InpaintingDataModule(pl.LightningDataModule):
         for split in needed.get(stage, ("train", "val", "test")):
             self.split(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self.split(split)
+        training = split == "train"
         return DataLoader(
-            self.split(split),
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            dataset,
+            batch_size=self.batch_size if training else self.eval_batch_size,
+            sampler=EpochShuffle(len(dataset), self.seed, self._current_epoch) if training else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            drop_last=split == "train",
+            drop_last=training,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -164,3 +164,43 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
         assert torch.equal(kept["state_dict"][key], value), (
             f"{key} changed: a bad step reached the checkpoint"
         )
+
+
+@pytest.mark.slow
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_fit(tiny_train_config, tmp_path):
+    """Data order, training masks and flips depend on (seed, epoch, item) only, and the checkpoint holds
+    weights and optimiser state: stopping after epoch 0 and resuming must change nothing."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    more_data = ["data.faces.train_length=16", "trainer.max_epochs=2"]
+    _fit(tiny_train_config, straight, *more_data)
+    _fit(tiny_train_config, resumed, *more_data[:-1], "trainer.max_epochs=1")
+    _fit(tiny_train_config, resumed, *more_data, "ckpt_path=last")
+    expected, got = _checkpoint(straight), _checkpoint(resumed)
+    assert got["global_step"] == expected["global_step"] == 2 * 4 * 4  # epochs x batches x optimizers
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), f"{key} differs after resuming"
+
+
+def test_training_order_masks_and_flips_are_a_function_of_seed_and_epoch():
+    from datamodules.faces import SyntheticFaceSource
+    from datamodules.inpainting import InpaintingDataModule, ProceduralMaskSource
+
+    def epoch_batches(epoch, seed=0):
+        module = InpaintingDataModule(
+            SyntheticFaceSource(size=32, train_length=8),
+            ProceduralMaskSource(size=32),
+            batch_size=4,
+            seed=seed,
+        )
+        module._current_epoch = lambda: epoch
+        module.setup("fit")
+        return list(module.train_dataloader())
+
+    first, again = epoch_batches(0), epoch_batches(0)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    second = epoch_batches(1)
+    assert not torch.equal(first[0]["mask"], second[0]["mask"]), "a new epoch draws new masks"
+    names = lambda batches: [n for b in batches for n in b["meta"]["name"]]  # noqa: E731
+    assert sorted(names(first)) == sorted(names(second)) and names(first) != names(second), "a new order"
+    assert names(epoch_batches(0, seed=1)) != names(first)
