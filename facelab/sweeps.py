@@ -6,8 +6,6 @@ launcher, ends with `<sweep dir>/summary.csv` and `summary.md`.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import yaml
 from hydra.experimental.callback import Callback
 
-from facelab.io.images import atomic_write_bytes
+from facelab.io.tables import write_tables
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +39,7 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
 
 def write_summary(sweep_dir: Path, rows: list[dict]) -> None:
     """`summary.csv` and `summary.md` in the sweep folder, written atomically."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(sweep_dir / "summary.csv", buffer.getvalue().encode())
-
-    def cell(value) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    atomic_write_bytes(sweep_dir / "summary.md", ("\n".join(lines) + "\n").encode())
+    write_tables(rows, sweep_dir / "summary")
 
 
 class SweepSummary(Callback):

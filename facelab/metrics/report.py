@@ -6,13 +6,12 @@ non-finite numbers as Python's `json` writes them (`NaN`, `Infinity`): an empty 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
 
 from facelab.io.images import atomic_write_bytes
+from facelab.io.tables import csv_text, markdown_text
 from facelab.metrics.plot import plot_against_hole_ratio
 
 GROUP_COLUMNS = ("group", "hole_ratio_low", "hole_ratio_high", "count")
@@ -42,26 +41,11 @@ def flatten_for_logging(rows: list[dict], prefix: str) -> dict[str, float]:
     return flat
 
 
-def csv_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    return buffer.getvalue()
-
-
 def markdown_table(rows: list[dict]) -> str:
     """Group, count and metric means (4 decimals), one line per group."""
-    columns = ["group", "count", *[m for m in metric_columns(rows) if not m.endswith("_std")]]
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}" if math.isfinite(value) else str(value)
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_text(
+        rows, ["group", "count", *[m for m in metric_columns(rows) if not m.endswith("_std")]]
+    )
 
 
 def write_report(
@@ -77,7 +61,7 @@ def write_report(
     document = {**(context or {}), "overall": rows[0], "buckets": rows[1:]}
     written = [directory / f"{stem}.json", directory / f"{stem}.csv"]
     atomic_write_bytes(written[0], json.dumps(document, indent=2).encode())
-    atomic_write_bytes(written[1], csv_text(rows).encode())
+    atomic_write_bytes(written[1], csv_text(rows, list(rows[0])).encode())
     if plot and len(rows) > 1:
         written.append(directory / f"{stem}.png")
         atomic_write_bytes(written[2], plot_against_hole_ratio(rows))
