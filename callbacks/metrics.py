@@ -25,9 +25,9 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 
-from facelab.metrics.image_quality import from_signed_range
 from facelab.metrics.report import flatten_for_logging, markdown_table, write_report
 from facelab.metrics.suite import WEIGHT_FREE_METRICS, MetricSettings, MetricSuite
+from facelab.ops.color import to_unit_range
 
 STAGES = ("val", "test", "predict")
 _STAGES_OF_TRAINER_FN = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}
@@ -131,8 +131,8 @@ class ImageMetrics(pl.Callback):
         keys = positions[keep] + (dataloader_idx << 40)  # distinct keys per dataloader
         keep = keep.to(prediction.device)
         self.suite.update(
-            from_signed_range(prediction.detach()[keep]),
-            from_signed_range(target.detach()[keep]),
+            to_unit_range(prediction.detach()[keep]),
+            to_unit_range(target.detach()[keep]),
             None if mask is None else mask.detach()[keep.to(mask.device)],
             keys,
         )

@@ -25,7 +25,8 @@ from facelab.losses.perceptual import PerceptualStyleLoss
 from facelab.nets.frozen import register_frozen
 from facelab.nets.inpaint import InpaintGenerator, PatchDiscriminator
 from facelab.nets.vgg import VGG16Features, vgg16_weights_path
-from facelab.ops.guides import make_guide, to_gray, to_unit_range
+from facelab.ops.color import rgb_to_gray, to_unit_range
+from facelab.ops.guides import make_guide
 
 MODES = ("shape", "inpaint", "both", "cascade", "joint")
 VGG_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # the paper: VGG16 relu1_1..relu4_1
@@ -268,7 +269,7 @@ class GuidedInpainting(pl.LightningModule):
     def _shape_losses(self, image, mask, gt_guide, predicted, d_optimizer):
         """D_H step, then G_H's loss: L1 in the hole + adversarial, 1:1 (the paper)."""
         weights, size = self.loss_config["shape"], tuple(image.shape[-2:])
-        gray = to_gray(image)
+        gray = rgb_to_gray(image)
         real = torch.cat([gray, self.guide.to_image_size(gt_guide, size)], 1)
         fake = torch.cat([gray, self.guide.to_image_size(predicted, size)], 1)
         d_loss = self.adversarial.discriminator(
@@ -324,7 +325,7 @@ class GuidedInpainting(pl.LightningModule):
             self.guide.compute(image) if self.stages == ("inpaint",) and self.guide.channels else None
         )
         out = self.inpaint(image, mask, ground_truth_guide)
-        unit_composite, unit_image = to_unit_range(out["composite"]).clamp(0, 1), to_unit_range(image)
+        unit_composite, unit_image = to_unit_range(out["composite"]), to_unit_range(image)
         self.val_psnr(unit_composite, unit_image)
         self.val_ssim(unit_composite, unit_image)
         zero_filled = composite(torch.zeros_like(image), image, mask)  # the floor any model must beat

@@ -7,7 +7,8 @@ from skimage.feature import canny
 
 from datamodules.synthetic_faces import render_face
 from facelab.io.images import to_tensor
-from facelab.ops.guides import EdgeGuide, HOGGuide, NoGuide, make_guide, to_gray
+from facelab.ops.color import rgb_to_gray
+from facelab.ops.guides import EdgeGuide, HOGGuide, NoGuide, make_guide
 from facelab.ops.masks import procedural_mask
 
 
@@ -44,7 +45,7 @@ def test_hog_guide_shapes_range_and_generator_reduction():
 def test_edge_guide_is_skimage_canny_of_the_gray_image():
     guide, images = EdgeGuide(sigma=2.0), _faces()
     edges = guide.compute(images)
-    gray = to_gray(images.add(1).mul(0.5))[:, 0].double().numpy()
+    gray = rgb_to_gray(images.add(1).mul(0.5))[:, 0].double().numpy()
     expected = np.stack([canny(g, sigma=2.0) for g in gray])
     assert edges.shape == (3, 1, 64, 64) and np.array_equal(edges[:, 0].numpy() > 0.5, expected)
     assert expected.any()
@@ -58,3 +59,18 @@ def test_no_guide_has_no_channels_and_bad_kinds_fail():
     )
     with pytest.raises(ValueError, match="model.guide.kind"):
         make_guide("sobel")
+
+
+def test_gray_and_unit_range_match_skimage():
+    from skimage import data
+    from skimage.color import rgb2gray
+
+    from facelab.ops.color import to_unit_range
+
+    photo = torch.from_numpy(data.astronaut()[::8, ::8] / 255.0).permute(2, 0, 1)[None]  # [1, 3, 64, 64]
+    assert np.allclose(
+        rgb_to_gray(photo)[0, 0].numpy(), rgb2gray(data.astronaut()[::8, ::8] / 255.0), atol=1e-12
+    )
+    assert torch.equal(
+        to_unit_range(torch.tensor([-1.5, -1.0, 0.0, 1.0, 1.2])), torch.tensor([0, 0, 0.5, 1, 1])
+    )

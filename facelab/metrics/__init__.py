@@ -2,7 +2,8 @@
 FID and KID, accumulated in fixed memory overall and per hole-ratio bucket (`MetricSuite`).
 
 Images are `[B, 3, H, W]` in [0, 1] (data_range 1); convert the data contract's [-1, 1] with
-`from_signed_range`. Pretrained networks load from the torch cache or explicit paths (`weights.py`).
+`facelab.ops.color.to_unit_range`. Pretrained networks load from the torch cache or explicit paths
+(`facelab/io/weights.py`).
 """
 
 from facelab.io.weights import MissingWeightsError, locate_weights, torch_checkpoint_dir
@@ -10,11 +11,9 @@ from facelab.metrics.distribution import FeatureMoments, KernelSample, frechet_d
 from facelab.metrics.image_quality import (
     PSNR_CAP_DB,
     edgeconnect_mae,
-    from_signed_range,
     l1,
     psnr,
     quantize_8bit,
-    rgb_to_gray,
     rmse,
     ssim,
 )
@@ -28,6 +27,7 @@ from facelab.metrics.suite import (
     MetricSettings,
     MetricSuite,
 )
+from facelab.ops.color import rgb_to_gray, to_unit_range
 
 __all__ = [
     "DISTRIBUTION_METRICS",
@@ -44,7 +44,6 @@ __all__ = [
     "edgeconnect_mae",
     "flatten_for_logging",
     "frechet_distance",
-    "from_signed_range",
     "l1",
     "locate_weights",
     "markdown_table",
@@ -55,6 +54,7 @@ __all__ = [
     "rgb_to_gray",
     "rmse",
     "ssim",
+    "to_unit_range",
     "torch_checkpoint_dir",
     "write_report",
 ]

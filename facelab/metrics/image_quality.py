@@ -15,23 +15,11 @@ import torch
 import torch.nn.functional as F
 
 PSNR_CAP_DB = 100.0
-GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which EdgeConnect's scripts/metrics.py uses
-
-
-def from_signed_range(images: torch.Tensor) -> torch.Tensor:
-    """The data contract's [-1, 1] to the metrics' [0, 1], clamped (generators may overshoot)."""
-    return images.add(1).mul(0.5).clamp(0, 1)
 
 
 def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
     """Round [0, 1] images to the 256 levels an 8-bit PNG keeps, as papers score saved files."""
     return images.mul(255).round().div(255)
-
-
-def rgb_to_gray(images: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] -> [B, 1, H, W]
-    """Luminance with skimage's rgb2gray weights."""
-    weights = images.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
 
 
 def _check_pair(prediction: torch.Tensor, target: torch.Tensor) -> None:

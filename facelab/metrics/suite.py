@@ -24,6 +24,7 @@ from torch import nn
 
 from facelab.metrics import image_quality as iq
 from facelab.metrics.distribution import FeatureMoments, KernelSample, frechet_distance
+from facelab.ops.color import rgb_to_gray
 from facelab.ops.masks import BUCKET_NAMES, HOLE_RATIO_BUCKETS, bucket_from_name, bucket_indices, hole_ratio
 
 PER_IMAGE_METRICS = ("psnr", "ssim", "l1", "rmse", "mae_edgeconnect", "lpips_alex", "lpips_vgg", "vgg")
@@ -170,7 +171,7 @@ class MetricSuite(nn.Module):
         s = self.settings
         luminance_pair = (prediction, target)
         if s.grayscale:
-            luminance_pair = (iq.rgb_to_gray(prediction), iq.rgb_to_gray(target))
+            luminance_pair = (rgb_to_gray(prediction), rgb_to_gray(target))
         columns = []
         for name in self.per_image:
             pair = luminance_pair if name in _LUMINANCE_METRICS else (prediction, target)

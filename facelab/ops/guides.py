@@ -14,18 +14,8 @@ import torch
 import torch.nn.functional as F
 from skimage.feature import canny
 
+from facelab.ops.color import rgb_to_gray, to_unit_range
 from facelab.ops.hog import hog_cells, render_hog
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return images.add(1).mul(0.5)
-
-
-def to_gray(images: torch.Tensor) -> torch.Tensor:
-    """`[B, 3, H, W]` -> `[B, 1, H, W]` with ITU-R 601 luma weights (as PIL and skimage's rgb2gray use)."""
-    weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
 
 
 class Guide:
@@ -107,7 +97,7 @@ class EdgeGuide(Guide):
         self.sigma = sigma
 
     def compute(self, images: torch.Tensor) -> torch.Tensor:
-        gray = to_gray(to_unit_range(images)).squeeze(1).detach().double().cpu().numpy()
+        gray = rgb_to_gray(to_unit_range(images)).squeeze(1).detach().double().cpu().numpy()
         edges = np.stack([canny(image, sigma=self.sigma) for image in gray])
         return torch.from_numpy(edges).to(images.device, images.dtype).unsqueeze(1)  # [B, 1, H, W]
 
