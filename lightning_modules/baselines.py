@@ -16,6 +16,8 @@ import pytorch_lightning as pl
 import torch
 from skimage.restoration import inpaint_biharmonic
 
+from facelab.ops.masks import composite, masked_input
+
 METHODS = ("zero", "mean", "biharmonic")
 
 
@@ -55,9 +57,9 @@ class ClassicalInpainting(pl.LightningModule):
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> dict:
         pred = fill_holes(image, mask, self.method)
         return {
-            "masked": image * (1 - mask),
+            "masked": masked_input(image, mask, 0.0),
             "pred": pred,
-            "composite": mask * pred + (1 - mask) * image,
+            "composite": composite(pred, image, mask),
             "image": image,
         }
 

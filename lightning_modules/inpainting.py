@@ -27,19 +27,10 @@ from facelab.nets.inpaint import InpaintGenerator, PatchDiscriminator
 from facelab.nets.vgg import VGG16Features, vgg16_weights_path
 from facelab.ops.color import rgb_to_gray, to_unit_range
 from facelab.ops.guides import make_guide
+from facelab.ops.masks import composite, masked_input
 
 MODES = ("shape", "inpaint", "both", "cascade", "joint")
 VGG_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # the paper: VGG16 relu1_1..relu4_1
-
-
-def masked_input(image: torch.Tensor, mask: torch.Tensor, fill: float) -> torch.Tensor:
-    """Holes set to `fill` (EdgeConnect whitens them: fill = 1 in [-1, 1])."""
-    return image * (1 - mask) + fill * mask
-
-
-def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Generated pixels in the hole, known pixels elsewhere."""
-    return mask * pred + (1 - mask) * image
 
 
 class GuidedInpainting(pl.LightningModule):

@@ -279,3 +279,13 @@ def bucket_from_name(bucket: int | str) -> int:
     if label in BUCKET_NAMES:
         return BUCKET_NAMES.index(label)
     raise ValueError(f"Unknown hole-ratio bucket {bucket!r}; use an index or one of {BUCKET_NAMES}.")
+
+
+def masked_input(image: torch.Tensor, mask: torch.Tensor, fill: float) -> torch.Tensor:
+    """Holes (mask 1) set to `fill`; EdgeConnect whitens them, fill = 1 in [-1, 1]."""
+    return image * (1 - mask) + fill * mask
+
+
+def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Generated pixels in the hole, known pixels elsewhere."""
+    return mask * pred + (1 - mask) * image
