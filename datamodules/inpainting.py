@@ -7,10 +7,11 @@ run and every model is scored on the same holes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from datamodules.masks import MaskFolder, ProceduralMasks
 
@@ -83,6 +84,19 @@ class EpochShuffle(Sampler[int]):
         return self.length
 
 
+class ResumableBatchSampler(BatchSampler):
+    """Batches of a sampler, minus the ones this rank already trained on when a fit resumes mid-epoch.
+    Skipping happens on indices (nothing is loaded), after Lightning's distributed split, so each rank skips
+    its own first batches. `batches_to_skip` is asked once per pass."""
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, batches_to_skip: Callable[[], int]):
+        super().__init__(sampler, batch_size, drop_last)
+        self.batches_to_skip = batches_to_skip
+
+    def __iter__(self):
+        return islice(super().__iter__(), self.batches_to_skip(), None)
+
+
 class InpaintingDataset(Dataset):
     """Face i with mask i (modulo the number of masks): `{"image", "mask", "meta"}`. An index past the
     faces (an epoch-tagged draw from EpochShuffle) picks face `index % len(faces)`, and mask and flip by
@@ -128,6 +142,7 @@ class InpaintingDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.flip = num_workers, pin_memory, flip
         self.datasets: dict[str, Dataset] = {}
+        self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
         face_size, mask_size = getattr(faces, "size", None), getattr(masks, "size", None)
         if face_size != mask_size:
             raise ValueError(
@@ -152,18 +167,33 @@ class InpaintingDataModule(pl.LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def state_dict(self) -> dict:
+        """Where the training pass stands (saved with every checkpoint): with the seeded order, this is all
+        a mid-epoch resume needs to continue with the very next batch instead of restarting the epoch."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_position = (int(state["epoch"]), int(state["batches_done"]))
+
+    def _batches_to_skip(self) -> int:
+        """Batches of the current epoch already trained before a resume (0 otherwise); used once."""
+        position, self._resume_position = self._resume_position, None
+        if position is None or position[0] != self._current_epoch():
+            return 0
+        return position[1]
+
     def _loader(self, split: str) -> DataLoader:
         dataset = self.split(split)
-        training = split == "train"
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if training else self.eval_batch_size,
-            sampler=EpochShuffle(len(dataset), self.seed, self._current_epoch) if training else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=training,
-            persistent_workers=self.num_workers > 0,
-        )
+        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        if split != "train":
+            return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
+        sampler = EpochShuffle(len(dataset), self.seed, self._current_epoch)
+        batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=True, batches_to_skip=self._batches_to_skip)
+        return DataLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

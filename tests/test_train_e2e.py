@@ -17,6 +17,12 @@ def _checkpoint(run_dir, name="last.ckpt"):
     return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=False)
 
 
+def _logged_scalars(run_dir):
+    """Rows of the CSV logger's one start of this run (csv/<start time>/metrics.csv)."""
+    (metrics_file,) = (run_dir / "csv").glob("*/metrics.csv")
+    return list(csv.DictReader(open(metrics_file)))
+
+
 def _fit(make_config, run_dir, *overrides):
     cfg = make_config(*overrides, output_dir=run_dir)
     run_train(cfg)
@@ -116,7 +122,7 @@ def test_fit_with_perceptual_and_style_losses(tiny_train_config, tmp_path):
         "model.losses.inpaint.style=250",
         f"model.losses.vgg_weights={vgg_file}",
     )
-    logged = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    logged = _logged_scalars(run_dir)
     style = [float(r["train/inpaint_g_style_step"]) for r in logged if r.get("train/inpaint_g_style_step")]
     assert style and all(math.isfinite(v) and v > 0 for v in style)
     assert not any(k.startswith("perceptual_style.") for k in _checkpoint(run_dir)["state_dict"])
@@ -137,7 +143,7 @@ def test_gan_loss_kind_by_config(tiny_train_config, tmp_path, gan):
     run_dir = tmp_path / "run"
     _fit(tiny_train_config, run_dir, f"model.losses.gan={gan}")
     assert _checkpoint(run_dir)["hyper_parameters"]["losses"]["gan"] == gan
-    logged = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    logged = _logged_scalars(run_dir)
     d_losses = [
         float(r["train/inpaint_d_adversarial_step"])
         for r in logged
