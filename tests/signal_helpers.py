@@ -1,4 +1,4 @@
-"""A callback that sends this process a signal at a chosen batch, to preempt a fit deterministically."""
+"""Test-only callbacks: signal a fit at a chosen batch, report progress, save each rank's weights."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ class ReportProgress(pl.Callback):
             with open(self.path, "a") as file:
                 file.write(f"{trainer.current_epoch} {batch_idx}\n")
         time.sleep(self.delay)
+
+
+class SaveRankWeights(pl.Callback):
+    """At the end of training every rank saves its own copy of the weights to `<dir>/rank<r>.pt`, so a test
+    can check that DDP kept the replicas identical."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        torch.save(pl_module.state_dict(), f"{self.directory}/rank{trainer.global_rank}.pt")

@@ -18,15 +18,33 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+from torch.nn.utils import remove_spectral_norm, spectral_norm
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 OUTPUTS = ("tanh", "sigmoid", "none")
 _AFFINE_NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)
 
 
 def _maybe_spectral_norm(module: nn.Module, enabled: bool) -> nn.Module:
+    """EdgeConnect's hook-based spectral norm (one power iteration per training forward). Unlike the
+    parametrization API it pickles, which `trainer.strategy=ddp_spawn` needs to send the model to workers."""
     return _spectral_norm(module) if enabled else module
+
+
+def _spectral_norm(module: nn.Module, warm_up_iterations: int = 15) -> nn.Module:
+    """Spectral norm whose power iteration has already converged, so the first training step divides by
+    the right sigma (the hook starts from random vectors and does one iteration per forward)."""
+    spectral_norm(module)
+    hook = next(h for h in module._forward_pre_hooks.values() if isinstance(h, SpectralNorm))
+    with torch.no_grad():
+        for _ in range(warm_up_iterations):
+            hook.compute_weight(module, do_power_iteration=True)  # updates weight_u / weight_v in place
+        setattr(module, hook.name, hook.compute_weight(module, do_power_iteration=False))
+    return module
+
+
+def _is_spectral_normed(layer: nn.Module) -> bool:
+    return hasattr(layer, "weight_orig")
 
 
 def instance_norm(channels: int) -> nn.InstanceNorm2d:
@@ -48,12 +66,12 @@ def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
 
 
 def _init_weight(layer: nn.Module, std: float) -> None:
-    if not parametrize.is_parametrized(layer, "weight"):
+    if not _is_spectral_normed(layer):
         nn.init.normal_(layer.weight, 0.0, std)
         return
     # Spectral norm keeps power-iteration vectors estimated from the weight it was given; re-registering it
     # after the init re-estimates them, so the first forward already divides by the right sigma.
-    parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    remove_spectral_norm(layer)
     nn.init.normal_(layer.weight, 0.0, std)
     _spectral_norm(layer)
 
