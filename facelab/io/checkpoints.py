@@ -4,7 +4,8 @@
   restricted unpickler that never runs code from the file: it admits only torch's tensor-rebuild records,
   plain containers, `dnnlib.util.EasyDict`, numpy scalars/arrays and the `torch_utils.persistence`
   records of known class names, whose embedded module source is never executed. From `G_ema` it takes
-  `_init_kwargs` and the parameters and buffers.
+  `_init_kwargs` (nested as in stylegan2-ada-pytorch, or flat as in the stylegan3 repo), the layers'
+  `conv_clamp`, and the parameters and buffers.
 - rosinality checkpoints (`{"g_ema": ..., "latent_avg": ...}`, Barbershop's `ffhq.pt`) are renamed to
   NVlabs keys (the inverse of the NVlabs -> rosinality export described in reference/framework.md §6.3).
 - The own format `{"format": "facelab-stylegan2", "config": {...}, "state_dict": {...}}` loads with
@@ -26,15 +27,17 @@ from facelab.io.images import atomic_write_bytes
 from facelab.nets.stylegan2 import Generator
 
 OWN_FORMAT = "facelab-stylegan2"
-_NETWORK_MODULES = ("training.networks", "training.networks_stylegan2")
-_SUPPORTED_CLASSES = {
-    f"{module}.{name}"
-    for module in _NETWORK_MODULES
-    for name in ("Generator", "MappingNetwork", "SynthesisNetwork", "SynthesisBlock", "SynthesisLayer",
-                 "ToRGBLayer", "FullyConnectedLayer", "Conv2dLayer", "Discriminator", "DiscriminatorBlock",
-                 "DiscriminatorEpilogue", "MinibatchStdLayer", "MappingNetwork")
-} | {"training.augment.AugmentPipe"}
-_OTHER_ARCHITECTURES = ("training.networks_stylegan3.",)
+# torch_utils.persistence records the bare class name (`orig_class.__name__`) next to the module source,
+# never the module path, so classes are recognised by name. These are the classes of a StyleGAN2 snapshot
+# (G, D, G_ema, augment_pipe) from stylegan2-ada-pytorch or the stylegan3 repo's networks_stylegan2.
+_SUPPORTED_CLASSES = {"Generator", "MappingNetwork", "SynthesisNetwork", "SynthesisBlock", "SynthesisLayer",
+                      "ToRGBLayer", "FullyConnectedLayer", "Conv2dLayer", "Discriminator",
+                      "DiscriminatorBlock", "DiscriminatorEpilogue", "MinibatchStdLayer", "AugmentPipe"}
+_STYLEGAN3_CLASSES = ("SynthesisInput",)  # only in networks_stylegan3 (a StyleGAN3 G_ema has one)
+# Generator kwargs that are not synthesis kwargs; the stylegan3 repo's Generator takes the synthesis
+# kwargs flat (`**synthesis_kwargs`), stylegan2-ada-pytorch and legacy.py nest them in `synthesis_kwargs`.
+_GENERATOR_KWARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs",
+                     "synthesis_kwargs")
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 
 
@@ -62,8 +65,8 @@ def _make_persistent_record(meta: dict) -> PersistentRecord:
     class_name = meta.get("class_name", "?") if isinstance(meta, dict) else "?"
     if meta.get("type") != "class" or not isinstance(class_name, str):
         raise pickle.UnpicklingError(f"unsupported persistent record of type {meta.get('type')!r}")
-    if class_name.startswith(_OTHER_ARCHITECTURES):
-        raise pickle.UnpicklingError(f"{class_name} is not a StyleGAN2 network (another architecture)")
+    if class_name in _STYLEGAN3_CLASSES:
+        raise pickle.UnpicklingError(f"{class_name} is not in a StyleGAN2 network (another architecture)")
     if class_name not in _SUPPORTED_CLASSES:
         raise pickle.UnpicklingError(f"refused persistent class {class_name}")
     return PersistentRecord(class_name, meta.get("state"))  # meta["module_src"] is deliberately ignored
@@ -137,10 +140,27 @@ def _flatten_module(record: PersistentRecord, prefix: str = "") -> dict[str, tor
     return state
 
 
-def _config_from_nvlabs_kwargs(kwargs: dict, path: Path) -> dict:
+def _pickled_conv_clamps(record: PersistentRecord) -> set:
+    """The `conv_clamp` attribute of every pickled layer under `record` (what NVlabs' forward uses)."""
+    clamps = {record["conv_clamp"]} if "conv_clamp" in record else set()
+    for child in (record.get("_modules") or {}).values():
+        if isinstance(child, PersistentRecord):
+            clamps |= _pickled_conv_clamps(child)
+    return clamps
+
+
+def _config_from_nvlabs(network: PersistentRecord, path: Path) -> dict:
+    kwargs = dict(network.get("_init_kwargs") or {})
     mapping = dict(kwargs.get("mapping_kwargs") or {})
-    synthesis = dict(kwargs.get("synthesis_kwargs") or {})
+    flat_synthesis = {k: v for k, v in kwargs.items() if k not in _GENERATOR_KWARGS}
+    synthesis = {**flat_synthesis, **dict(kwargs.get("synthesis_kwargs") or {})}
+    # A missing conv_clamp kwarg means 256 in the stylegan3 repo's networks_stylegan2 but None in
+    # stylegan2-ada-pytorch, and the pickle does not say which module it came from, so the value is read
+    # from the pickled layers themselves.
+    clamps = _pickled_conv_clamps(network) or {synthesis.get("conv_clamp")}
     unsupported = []
+    if len(clamps) > 1:
+        unsupported.append(f"different conv_clamp values per layer {sorted(map(str, clamps))}")
     if kwargs.get("c_dim", 0):
         unsupported.append(f"c_dim={kwargs['c_dim']} (conditional generators)")
     if synthesis.get("architecture", "skip") != "skip":
@@ -153,14 +173,17 @@ def _config_from_nvlabs_kwargs(kwargs: dict, path: Path) -> dict:
         unsupported.append(f"mapping layer_features={mapping['layer_features']}")
     if synthesis.get("use_noise", True) is not True:
         unsupported.append("use_noise=False")
+    if synthesis.get("resize") is not None:  # DragGAN's patched Generator can resize its output
+        unsupported.append(f"resize={synthesis['resize']}")
     if unsupported:
         raise CheckpointError(f"{path}: unsupported StyleGAN2 generator settings: {', '.join(unsupported)}")
+    conv_clamp = clamps.pop()
     return dict(z_dim=int(kwargs["z_dim"]), w_dim=int(kwargs["w_dim"]),
                 img_resolution=int(kwargs["img_resolution"]), img_channels=int(kwargs["img_channels"]),
                 mapping_layers=int(mapping.get("num_layers", 8)),
                 channel_base=int(synthesis.get("channel_base", 32768)),
                 channel_max=int(synthesis.get("channel_max", 512)),
-                conv_clamp=None if synthesis.get("conv_clamp") is None else float(synthesis["conv_clamp"]),
+                conv_clamp=None if conv_clamp is None else float(conv_clamp),
                 mapping_lr_multiplier=float(mapping.get("lr_multiplier", 0.01)))
 
 
@@ -169,12 +192,11 @@ def _from_nvlabs(data: Any, path: Path) -> tuple[dict, dict]:
     if not isinstance(network, PersistentRecord):
         found = list(data)[:10] if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path}: no 'G_ema' generator in this pickle (found {found})")
-    if not network.class_name.endswith(".Generator"):
+    if network.class_name != "Generator":
         raise CheckpointError(f"{path}: 'G_ema' is a {network.class_name}, not a Generator")
     if network.get("_init_args"):
         raise CheckpointError(f"{path}: positional init args are not supported: {network['_init_args']}")
-    config = _config_from_nvlabs_kwargs(dict(network.get("_init_kwargs") or {}), path)
-    return config, _flatten_module(network)
+    return _config_from_nvlabs(network, path), _flatten_module(network)
 
 
 _ROSINALITY_CONV = re.compile(r"convs\.(\d+)\.(.+)")
