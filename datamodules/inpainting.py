@@ -87,14 +87,15 @@ class EpochShuffle(Sampler[int]):
 class ResumableBatchSampler(BatchSampler):
     """Batches of a sampler, minus the ones this rank already trained on when a fit resumes mid-epoch.
     Skipping happens on indices (nothing is loaded), after Lightning's distributed split, so each rank skips
-    its own first batches. `batches_to_skip` is asked once per pass."""
+    its own first batches. `batches_to_skip` is asked once per pass, when the first batch is drawn (like
+    EpochShuffle's epoch): Lightning may create the iterator before it moves on to the next epoch."""
 
     def __init__(self, sampler, batch_size: int, drop_last: bool, batches_to_skip: Callable[[], int]):
         super().__init__(sampler, batch_size, drop_last)
         self.batches_to_skip = batches_to_skip
 
     def __iter__(self):
-        return islice(super().__iter__(), self.batches_to_skip(), None)
+        yield from islice(super().__iter__(), self.batches_to_skip(), None)
 
 
 class InpaintingDataset(Dataset):

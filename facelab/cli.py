@@ -16,14 +16,21 @@ import hydra
 from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from facelab.cluster import Preempted, latest_checkpoint, slurm_job_id
 from facelab.io.images import atomic_write_bytes
+from facelab.io.run_id import persistent_run_id
 
 log = logging.getLogger("facelab")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+WANDB_RUN_ID_FILE = "wandb_run_id"  # in the run directory
 
 
 def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # hydra's own node is noise
 
 
 def _apply_extras(cfg: DictConfig) -> None:
@@ -34,10 +41,8 @@ def _apply_extras(cfg: DictConfig) -> None:
         from rich.console import Console
         from rich.syntax import Syntax
 
-        shown = OmegaConf.masked_copy(
-            cfg, [key for key in cfg if key != "hydra"]
-        )  # hydra's own node is noise
-        Console().print(Syntax(OmegaConf.to_yaml(shown, resolve=True), "yaml", theme="ansi_dark"))
+        shown = OmegaConf.to_yaml(_without_hydra(cfg), resolve=True)
+        Console().print(Syntax(shown, "yaml", theme="ansi_dark"))
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -49,12 +54,17 @@ def _instantiate_all(group: DictConfig | None) -> list:
     ]
 
 
-def _prepare_wandb(loggers: DictConfig | None) -> None:
-    """Without an API key wandb cannot log online: run offline and say how to upload later."""
+def _prepare_wandb(loggers: DictConfig | None, output_dir: Path) -> None:
+    """Continue this run directory's wandb run (a requeued job or a `ckpt_path=last` restart lands in the
+    same directory), and without an API key run offline and say how to upload later."""
     for entry in (loggers or {}).values():
         if not (isinstance(entry, DictConfig) and str(entry.get("_target_", "")).endswith("WandbLogger")):
             continue
         Path(entry.save_dir).mkdir(parents=True, exist_ok=True)  # wandb falls back to /tmp otherwise
+        # Keyed on the run directory, not on save_dir, which several runs may share.
+        stored_id = persistent_run_id(output_dir / WANDB_RUN_ID_FILE, proposed=entry.get("id"))
+        with open_dict(entry):
+            entry.id = entry.get("id") or stored_id  # WandbLogger inits with resume="allow"
         if (
             not entry.get("offline")
             and not os.environ.get("WANDB_API_KEY")
@@ -62,22 +72,52 @@ def _prepare_wandb(loggers: DictConfig | None) -> None:
         ):
             with open_dict(entry):
                 entry.offline = True
+                # Also to wandb.init: WandbLogger only sets WANDB_MODE, which wandb reads once per process,
+                # so a process whose wandb had already started in another mode would not go offline.
+                entry.mode = "offline"
             log.warning(
-                "WANDB_API_KEY is not set: wandb logs offline to %s/wandb. Upload later with "
+                "WANDB_API_KEY is not set: wandb logs offline to %s/wandb (run id %s). Upload later with "
                 "`wandb sync %s/wandb/offline-run-*`.",
                 entry.save_dir,
+                entry.id,
                 entry.save_dir,
             )
 
 
+def _log_config_to_wandb(cfg: DictConfig, loggers: list) -> None:
+    """The resolved run config (all groups, not only the module's hparams) in the wandb run's config."""
+    wandb_loggers = [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
+    if wandb_loggers:
+        resolved = OmegaConf.to_container(_without_hydra(cfg), resolve=True)
+        for logger in wandb_loggers:
+            logger.log_hyperparams(resolved)
+
+
+def _metric_value(metrics: dict, name: str | None) -> float | None:
+    """The value a sweeper optimises; a name the run did not log is an error listing those it did."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise ValueError(
+            f"optimized_metric={name!r} was not logged by this run. Logged metrics: {sorted(metrics)}. "
+            "Set optimized_metric to one of them (a val/ metric is only logged when validation runs)."
+        )
+    return metrics[name]
+
+
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """`last` means this run directory's checkpoints/last.ckpt (absent on a first start: start fresh)."""
+    """`last` means the newest checkpoint of this run directory: checkpoints/last.ckpt or a preemption
+    hpc_ckpt_N.ckpt (absent on a first start: start fresh). Under Slurm a run directory belongs to one job id,
+    so a requeued job (after a preemption signal, or a node failure without one) continues the same way."""
+    if ckpt_path is None and slurm_job_id() is not None:
+        ckpt_path = "last"
     if ckpt_path in (None, "last"):
-        last = output_dir / "checkpoints" / "last.ckpt"
+        latest = latest_checkpoint(output_dir)
         if ckpt_path == "last":
-            if last.exists():
-                return str(last)
-            log.info("ckpt_path=last but %s does not exist yet: starting from scratch.", last)
+            if latest is not None:
+                log.info("Resuming from %s", latest)
+                return str(latest)
+            log.info("ckpt_path=last but %s holds no checkpoint yet: starting from scratch.", output_dir)
         return None
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; give a .ckpt file, or `last`.")
@@ -114,12 +154,10 @@ def _seed(cfg: DictConfig) -> None:
 
 def _build_trainer(cfg: DictConfig):
     """The Trainer with the run's callbacks and loggers (CSV + TensorBoard by default)."""
-    _prepare_wandb(cfg.get("logger"))
-    return instantiate(
-        cfg.trainer,
-        callbacks=_instantiate_all(cfg.get("callbacks")),
-        logger=_instantiate_all(cfg.get("logger")) or False,
-    )
+    _prepare_wandb(cfg.get("logger"), _output_dir(cfg))
+    loggers = _instantiate_all(cfg.get("logger"))
+    _log_config_to_wandb(cfg, loggers)
+    return instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False)
 
 
 def _load_checkpoint_model(model_config: DictConfig, path: str):
@@ -145,7 +183,11 @@ def run_train(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("train", True):
             ckpt_path = _resolve_ckpt_path(cfg.get("ckpt_path"), _output_dir(cfg))
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            try:
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            except Preempted as stop:
+                log.warning("%s", stop)
+                return None
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
@@ -154,8 +196,7 @@ def run_train(cfg: DictConfig) -> float | None:
         _finish(_output_dir(cfg), metrics)
     finally:
         _close_wandb()
-    optimized = cfg.get("optimized_metric")
-    return metrics.get(optimized) if optimized else None
+    return _metric_value(metrics, cfg.get("optimized_metric"))
 
 
 def run_eval(cfg: DictConfig) -> dict:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from facelab.cli import _prepare_wandb, run_inpaint, run_train
+from facelab.cli import run_inpaint, run_train
 from tests.conftest import TINY, compose_config
 
 # Debug configs drop every callback and set their own epochs: keep only the tiny sizes.
@@ -50,20 +48,6 @@ def test_experiments_compose_and_build_their_model(tmp_path, experiment):
         assert cfg.model.networks.base_channels == 64 and cfg.data.faces.size == 256
     else:  # says which losses it turns off
         assert cfg.model.losses.inpaint.style == 0.0 and cfg.model.losses.inpaint.perceptual == 0.0
-
-
-def test_wandb_runs_offline_without_an_api_key(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = compose_config("train", tmp_path / "run", ["logger=wandb"])
-    with caplog.at_level(logging.WARNING, logger="facelab"):
-        _prepare_wandb(cfg.logger)
-    assert cfg.logger.wandb.offline is True
-    assert "wandb sync" in caplog.text and (tmp_path / "run").is_dir()
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    online = compose_config("train", tmp_path / "run2", ["logger=wandb"])
-    _prepare_wandb(online.logger)
-    assert online.logger.wandb.offline is False
 
 
 def test_a_foreign_checkpoint_is_an_error_naming_it(tmp_path):
