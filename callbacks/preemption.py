@@ -4,8 +4,8 @@ Slurm sends SIGUSR1 before a time limit or preemption (`#SBATCH --signal=SIGUSR1
 with `scancel --signal=USR1 <job>`. Lightning's own Slurm handler saves from inside the signal handler, i.e.
 possibly between this GAN's D and G updates and with DDP ranks at different batches. Here the handler only
 raises a flag; after the current batch the ranks agree (any rank flagged = all stop), save
-`<run dir>/hpc_ckpt_N.ckpt` (the name Lightning's Slurm auto-resume looks for), requeue the job under Slurm and
-leave the fit with `facelab.cluster.Preempted`. With the datamodule's position in the checkpoint, the
+`<run dir>/hpc_ckpt_N.ckpt` (the name Lightning's Slurm auto-resume looks for), requeue the job under Slurm
+and leave the fit with `facelab.cluster.Preempted`. With the datamodule's position in the checkpoint, the
 requeued fit continues with the very next batch.
 """
 
@@ -42,7 +42,9 @@ class SaveOnPreemption(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_handler()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._restore_handler()
 
     def _restore_handler(self) -> None:
@@ -55,7 +57,9 @@ class SaveOnPreemption(pl.Callback):
             return
         run_dir = trainer.default_root_dir
         path = next_hpc_checkpoint(run_dir)
-        staging = path.with_name("preemption-save.partial")  # no "hpc_ckpt_" in it: never taken for a checkpoint
+        staging = path.with_name(
+            "preemption-save.partial"
+        )  # no "hpc_ckpt_" in it: never taken for a checkpoint
         trainer.save_checkpoint(staging)
         requeued = False
         if trainer.is_global_zero:

@@ -189,11 +189,14 @@ class InpaintingDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         dataset = self.split(split)
-        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        workers = self.num_workers
+        common = dict(num_workers=workers, pin_memory=self.pin_memory, persistent_workers=workers > 0)
         if split != "train":
             return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
         sampler = EpochShuffle(len(dataset), self.seed, self._current_epoch)
-        batches = ResumableBatchSampler(sampler, self.batch_size, drop_last=True, batches_to_skip=self._batches_to_skip)
+        batches = ResumableBatchSampler(
+            sampler, self.batch_size, drop_last=True, batches_to_skip=self._batches_to_skip
+        )
         return DataLoader(dataset, batch_sampler=batches, **common)
 
     def train_dataloader(self) -> DataLoader:

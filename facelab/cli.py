@@ -16,7 +16,7 @@ import hydra
 from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from facelab.cluster import Preempted, latest_checkpoint, slurm_job_id
+from facelab.cluster import Preempted, latest_checkpoint, process_rank, slurm_job_id
 from facelab.io.images import atomic_write_bytes
 from facelab.io.run_id import persistent_run_id
 
@@ -37,7 +37,7 @@ def _apply_extras(cfg: DictConfig) -> None:
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
-    if extras.get("print_config"):
+    if extras.get("print_config") and process_rank() == 0:  # once per job, not once per DDP rank
         from rich.console import Console
         from rich.syntax import Syntax
 

@@ -20,6 +20,14 @@ class Preempted(Exception):
         super().__init__(f"Preempted: saved {checkpoint}; {then}.")
 
 
+def process_rank() -> int:
+    """This process's global rank as the launcher set it (Lightning's DDP workers, srun tasks); 0 alone."""
+    for variable in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
+
+
 def slurm_job_id() -> str | None:
     """The id `scontrol requeue` takes: `<array job>_<task>` for an array task, else the job id."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -40,8 +48,8 @@ def requeue_slurm_job(job_id: str) -> None:
 
 def hpc_checkpoints(run_dir: Path) -> list[Path]:
     """The preemption checkpoints in a run directory, oldest first."""
-    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("hpc_ckpt_*.ckpt") if (m := HPC_CHECKPOINT.match(p.name))]
-    return [path for _, path in sorted(found)]
+    numbered = [(HPC_CHECKPOINT.match(p.name), p) for p in Path(run_dir).glob("hpc_ckpt_*.ckpt")]
+    return [path for _, path in sorted((int(match.group(1)), path) for match, path in numbered if match)]
 
 
 def next_hpc_checkpoint(run_dir: Path) -> Path:
@@ -53,5 +61,6 @@ def next_hpc_checkpoint(run_dir: Path) -> Path:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """What `ckpt_path=last` continues from: the newer of checkpoints/last.ckpt (end of an epoch) and the
     newest preemption checkpoint (mid-epoch), by modification time."""
-    candidates = [p for p in [Path(run_dir) / "checkpoints" / "last.ckpt", *hpc_checkpoints(run_dir)[-1:]] if p.exists()]
+    newest_hpc = hpc_checkpoints(run_dir)[-1:]
+    candidates = [p for p in [Path(run_dir) / "checkpoints" / "last.ckpt", *newest_hpc] if p.exists()]
     return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None

@@ -14,7 +14,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The sbatch templates ask for GPUs; on the local CPU-only Slurm the tests ask for none, one CPU per task.
 CPU_ONLY = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=3G"]
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+FINISHED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def require_slurm() -> None:

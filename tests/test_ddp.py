@@ -27,8 +27,14 @@ def test_two_process_ddp_fit_writes_one_run_directory_with_identical_replicas(tm
         f"+callbacks.replicas.directory={replicas}",
     ]
     result = subprocess.run(
-        [str(BIN / "facelab-train"), f"trainer={trainer.split()[0]}", *trainer.split()[1:],
-         f"hydra.run.dir={run_dir}", *overrides, *save_replicas],
+        [
+            str(BIN / "facelab-train"),
+            f"trainer={trainer.split()[0]}",
+            *trainer.split()[1:],
+            f"hydra.run.dir={run_dir}",
+            *overrides,
+            *save_replicas,
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -48,4 +54,6 @@ def test_two_process_ddp_fit_writes_one_run_directory_with_identical_replicas(tm
     for key, value in rank0.items():
         assert torch.equal(value, rank1[key]), f"DDP replicas diverged at {key}"
     trained = {k: v for k, v in checkpoint["state_dict"].items() if k in rank0}
-    assert all(torch.equal(v, rank0[k]) for k, v in trained.items()), "the checkpoint holds the replicas' weights"
+    assert all(torch.equal(v, rank0[k]) for k, v in trained.items()), (
+        "the checkpoint holds the replicas' weights"
+    )

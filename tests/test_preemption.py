@@ -40,7 +40,10 @@ def test_signal_mid_epoch_then_restart_equals_an_uninterrupted_fit(tiny_train_co
     assert not (interrupted / "final_metrics.json").exists(), "a preempted fit is not a finished one"
 
     _fit(tiny_train_config, interrupted, "ckpt_path=last")
-    expected, got = _weights(straight / "checkpoints" / "last.ckpt"), _weights(interrupted / "checkpoints" / "last.ckpt")
+    expected, got = (
+        _weights(straight / "checkpoints" / "last.ckpt"),
+        _weights(interrupted / "checkpoints" / "last.ckpt"),
+    )
     assert got["global_step"] == expected["global_step"] == 2 * 4 * 4
     for key, value in expected["state_dict"].items():
         assert torch.equal(got["state_dict"][key], value), f"{key} differs after the mid-epoch resume"

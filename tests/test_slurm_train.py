@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from tests.slurm_helpers import CPU_ONLY, REPO_ROOT, job_env, require_slurm, sbatch, wait_for, wait_for_job
+from tests.slurm_helpers import CPU_ONLY, REPO_ROOT, require_slurm, sbatch, wait_for, wait_for_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -27,8 +27,15 @@ OVERRIDES = [
 
 def _submit_training(log_dir, *extra: str) -> str:
     return sbatch(
-        [*CPU_ONLY, "--ntasks-per-node=2", f"--output={log_dir}/slurm-%j.out", "slurm/train.sbatch",
-         f"paths.log_dir={log_dir}", *OVERRIDES, *extra]
+        [
+            *CPU_ONLY,
+            "--ntasks-per-node=2",
+            f"--output={log_dir}/slurm-%j.out",
+            "slurm/train.sbatch",
+            f"paths.log_dir={log_dir}",
+            *OVERRIDES,
+            *extra,
+        ]
     )
 
 
@@ -61,7 +68,9 @@ def test_two_task_ddp_job_writes_checkpoints_and_metrics(uninterrupted):
     history = (run_dir / "val_history.csv").read_text().splitlines()
     assert len(history) == 1 + 2, "one validation row per epoch"
     assert (run_dir / "final_metrics.json").exists()
-    assert sorted(p.name for p in run_dir.parent.iterdir()) == [job_id], "one run directory, keyed on the job id"
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [job_id], (
+        "one run directory, keyed on the job id"
+    )
 
 
 def test_sigusr1_mid_epoch_requeues_and_resumes_exactly(uninterrupted, tmp_path):
@@ -75,7 +84,9 @@ def test_sigusr1_mid_epoch_requeues_and_resumes_exactly(uninterrupted, tmp_path)
         "+callbacks.progress.delay=1.5",
     )
     target = f"{epoch} {batch}"
-    wait_for(lambda: progress.exists() and target in progress.read_text().splitlines(), 300, f"batch {target}")
+    wait_for(
+        lambda: progress.exists() and target in progress.read_text().splitlines(), 300, f"batch {target}"
+    )
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
     state = wait_for_job(job_id)
     output = (tmp_path / f"slurm-{job_id}.out").read_text()
@@ -87,7 +98,9 @@ def test_sigusr1_mid_epoch_requeues_and_resumes_exactly(uninterrupted, tmp_path)
     position = torch.load(saved, map_location="cpu", weights_only=False)["InpaintingDataModule"]
     assert position == {"epoch": epoch, "batches_done": batch + 1}, f"saved after batch {target}, mid-epoch"
     seen = progress.read_text().splitlines()
-    assert seen.count(target) == 1 and seen[-1] == f"1 {BATCHES_PER_EPOCH - 1}", "no batch repeated or skipped"
+    assert seen.count(target) == 1 and seen[-1] == f"1 {BATCHES_PER_EPOCH - 1}", (
+        "no batch repeated or skipped"
+    )
     assert len(seen) == 2 * BATCHES_PER_EPOCH
 
     expected, got = _last(reference_dir), _last(run_dir)
