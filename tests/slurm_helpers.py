@@ -55,13 +55,14 @@ def job_field(job_id: str, field: str) -> str | None:
 
 
 def wait_for_job(job_id: str, timeout: float = 600) -> str:
-    """Wait until the job (or every task of an array) has finished; returns the last state seen."""
-    deadline = time.monotonic() + timeout
+    """Wait until the job (or every task of an array) has finished; returns the last state seen. squeue
+    must answer and show nothing twice in a row: a loaded slurmctld can time out (no output), and a
+    requeued task passes through states between its runs."""
+    deadline, empty_answers = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
-        states = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
-        ).stdout.split()
-        if not states:
+        answer = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+        empty_answers = empty_answers + 1 if answer.returncode == 0 and not answer.stdout.split() else 0
+        if empty_answers == 2:
             return job_field(job_id, "JobState") or "GONE"
         time.sleep(1)
     subprocess.run(["scancel", job_id])
@@ -74,3 +75,15 @@ def wait_for(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
+
+
+def start_requeued_job_now(job_id: str, timeout: float = 120) -> None:
+    """Slurm holds a requeued job (PENDING, reason BeginTime) for about two minutes; start it at once so
+    the tests do not wait."""
+
+    def pending() -> bool:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+        return "PENDING" in state.stdout
+
+    wait_for(pending, timeout, f"{job_id} to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from tests.slurm_helpers import CPU_ONLY, REPO_ROOT, require_slurm, sbatch, wait_for, wait_for_job
+from tests.slurm_helpers import (
+    CPU_ONLY,
+    REPO_ROOT,
+    require_slurm,
+    sbatch,
+    start_requeued_job_now,
+    wait_for,
+    wait_for_job,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -88,6 +96,7 @@ def test_sigusr1_mid_epoch_requeues_and_resumes_exactly(uninterrupted, tmp_path)
         lambda: progress.exists() and target in progress.read_text().splitlines(), 300, f"batch {target}"
     )
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    start_requeued_job_now(job_id)
     state = wait_for_job(job_id)
     output = (tmp_path / f"slurm-{job_id}.out").read_text()
     assert state == "COMPLETED", output[-4000:]

@@ -1,0 +1,161 @@
+"""Entry point `facelab-fit`: a latent-fit job over a manifest (conf/fit.yaml).
+
+Thin on purpose: compose, instantiate (Lightning objects only through Hydra `_target_`s), then for this
+process's shard loop over the items that have no done record, in chunks of `batch_size`, one short
+`Trainer.fit` per chunk. The chunk's callbacks write each item's outputs and done record.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from facelab.cli import CONFIG_DIR, _apply_extras, _instantiate_all
+from facelab.cluster import Preempted, requeue_slurm_job, slurm_job_id
+from facelab.fit_progress import FitProgress
+from facelab.fit_records import FitRecords
+
+log = logging.getLogger("facelab")
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
+
+
+def _quiet_lightning() -> None:
+    """A job runs hundreds of short fits: Lightning's per-fit banners would bury the progress lines.
+    Call it once Lightning is imported (its import sets its loggers' levels)."""
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (
+        ".*does not have many workers.*",  # the chunk's batch is in memory already
+        ".*module\\(s\\) in eval mode.*",  # the frozen networks, on purpose
+        ".*`srun` command is available.*",  # a fit outside Slurm on a machine that has it
+        ".*dataloader is not resumable.*",  # every batch of a chunk is the same batch
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def run_fit(cfg: DictConfig) -> dict:
+    """Fit every not-yet-recorded item of this shard; returns counts for this process."""
+    if OmegaConf.is_missing(cfg, "manifest"):
+        raise ValueError("facelab-fit needs manifest=<a .yaml list, a .csv file or a folder of images>.")
+    _apply_extras(cfg)
+    items = instantiate(cfg.data)
+    records = FitRecords(cfg.output_dir)
+    done = records.done_ids()
+    todo = [item for item in items.items if item.item_id not in done]
+    shard, skipped = items.shard, len(items.items) - len(todo)
+    label = f"shard {shard.rank}/{shard.world}"
+    counts = (len(items.items), len(items.all_items), skipped)
+    log.info("%s (%s): %d of %d items, %d done before.", label, shard.source, *counts)
+    if todo:
+        _fit_items(cfg, items, records, todo, label, skipped)
+    fitted = len(records.done_ids() & {item.item_id for item in todo})
+    log.info(
+        "%s: fitted %d, skipped %d; outputs in %s", label, fitted, skipped, Path(cfg.output_dir).resolve()
+    )
+    return {
+        "rank": shard.rank,
+        "world": shard.world,
+        "items": len(items.items),
+        "fitted": fitted,
+        "skipped": skipped,
+    }
+
+
+class _SignalBetweenChunks:
+    """Slurm's early-warning SIGUSR1 (`sbatch --signal`) landing between two chunks, when no fit is running
+    to save: without a handler it would kill the process. Here it stops the job before the next chunk and
+    requeues the Slurm task. During a chunk callbacks.preemption owns the signal and saves the chunk first."""
+
+    def __init__(self):
+        self.received = False
+        self.previous = None
+
+    def __enter__(self) -> _SignalBetweenChunks:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGUSR1, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def stop_now(self) -> str:
+        """ "" to go on; else why to stop (and the Slurm task is requeued)."""
+        if not self.received:
+            return ""
+        job_id = slurm_job_id()
+        if job_id is not None:
+            requeue_slurm_job(job_id)
+        return f"SIGUSR1 between chunks{f', requeued Slurm job {job_id}' if job_id else ''}"
+
+    def __exit__(self, *exc_info) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGUSR1, self.previous)
+
+
+def _fit_items(cfg: DictConfig, items, records: FitRecords, todo: list, label: str, skipped: int) -> None:
+    """The chunks of `todo` one after the other, until done or until a signal asks this process to stop."""
+    module = instantiate(cfg.fit.module)  # once: its frozen networks serve every chunk
+    if cfg.get("quiet_lightning", True):
+        _quiet_lightning()
+    all_ids = {item.item_id for item in items.all_items}
+    overall_done = lambda: len(records.done_ids() & all_ids)  # noqa: E731
+    progress = FitProgress(label, len(items.items), skipped, len(all_ids), overall_done, cfg.progress)
+    with progress, _SignalBetweenChunks() as between_chunks:
+        for start in range(0, len(todo), cfg.batch_size):
+            stopped = between_chunks.stop_now()
+            if not stopped:
+                stopped = _fit_chunk(
+                    cfg, module, items, records, todo[start : start + cfg.batch_size], progress
+                )
+            if stopped:
+                log.warning("%s: stopped by a signal (%s). A rerun continues from here.", label, stopped)
+                return
+
+
+def _fit_chunk(
+    cfg: DictConfig, module, items, records: FitRecords, chunk: list, progress: FitProgress
+) -> str:
+    """One `Trainer.fit` on `chunk` (resumed from its checkpoint if a previous run was cut off); returns why
+    the process must stop now, or "" to go on."""
+    item_ids = [item.item_id for item in chunk]
+    resume = records.resume_checkpoint(item_ids, cfg.steps)
+    shard = items.shard
+    records.log_event("start", item_ids, rank=shard.rank, world=shard.world, resume=resume)
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=str(records.chunk_dir(item_ids)),  # where a preemption's hpc_ckpt_N.ckpt goes
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        _convert_="all",
+    )
+    began = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=items.chunk(chunk, cfg.steps), ckpt_path=resume)
+    except Preempted as preempted:  # saved mid-chunk; the requeued task (or a rerun) resumes from it
+        return str(preempted)
+    missing = [item_id for item_id in item_ids if not records.is_done(item_id)]
+    if missing:
+        raise RuntimeError(
+            f"The fit of {item_ids} ended without done records for {missing}: the config's callbacks must "
+            "include callbacks.fit_outputs (FitOutputs), which writes them."
+        )
+    records.finish_chunk(item_ids)
+    progress.advance(len(chunk), time.perf_counter() - began)
+    return "SIGTERM" if getattr(trainer, "received_sigterm", False) else ""
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fit")
+def fit_main(cfg: DictConfig) -> None:
+    """facelab-fit."""
+    run_fit(cfg)
+
+
+if __name__ == "__main__":
+    fit_main()
