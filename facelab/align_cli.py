@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from facelab.io.images import IMAGE_EXTENSIONS, atomic_write_bytes, list_images, read_rgb, save_image
+from facelab.io.files import atomic_write_bytes
+from facelab.io.images import IMAGE_EXTENSIONS, list_images, read_rgb, save_image
 from facelab.ops.align import MIN_SCORE, AlignedFace, NoFaceFoundError, align_photo, paste_back
 
 

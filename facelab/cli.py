@@ -17,7 +17,7 @@ from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from facelab.cluster import Preempted, latest_checkpoint, process_rank, slurm_job_id
-from facelab.io.images import atomic_write_bytes
+from facelab.io.files import atomic_write_bytes
 from facelab.io.run_id import persistent_run_id
 
 log = logging.getLogger("facelab")

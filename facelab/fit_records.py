@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from facelab.io.images import atomic_write_bytes, save_image, to_uint8
+from facelab.io.files import atomic_write_bytes
+from facelab.io.images import save_image, to_uint8
 
 log = logging.getLogger("facelab")
 SLURM_FIELDS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from facelab.io.images import atomic_write_bytes
+from facelab.io.files import atomic_write_bytes
 from facelab.nets.stylegan2 import Generator
 
 OWN_FORMAT = "facelab-stylegan2"

@@ -7,7 +7,7 @@ import io
 import math
 from pathlib import Path
 
-from facelab.io.images import atomic_write_bytes
+from facelab.io.files import atomic_write_bytes
 
 
 def columns_of(rows: list[dict]) -> list[str]:

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from facelab.io.images import atomic_write_bytes
+from facelab.io.files import atomic_write_bytes
 from facelab.io.tables import csv_text, markdown_text
 from facelab.metrics.plot import plot_against_hole_ratio
 
