@@ -157,7 +157,17 @@ def _build_trainer(cfg: DictConfig):
     _prepare_wandb(cfg.get("logger"), _output_dir(cfg))
     loggers = _instantiate_all(cfg.get("logger"))
     _log_config_to_wandb(cfg, loggers)
-    return instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False)
+    callbacks = _instantiate_all(_callback_configs(cfg))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def _callback_configs(cfg: DictConfig) -> dict:
+    """The callbacks group, without the progress bar when `trainer.enable_progress_bar=false` (Lightning
+    refuses a progress-bar callback with the bar switched off)."""
+    group = dict(cfg.get("callbacks") or {})
+    if cfg.trainer.get("enable_progress_bar", True) is False:
+        group = {k: v for k, v in group.items() if not str(v.get("_target_", "")).endswith("ProgressBar")}
+    return group
 
 
 def _load_checkpoint_model(model_config: DictConfig, path: str):

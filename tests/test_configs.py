@@ -74,3 +74,15 @@ def test_init_from_a_mismatched_checkpoint_names_it(tiny_train_config, tmp_path)
     missing = tiny_train_config("model.init_from=/nowhere/last.ckpt", output_dir=tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="/nowhere/last.ckpt"):
         run_train(missing)
+
+
+def test_switching_the_progress_bar_off_drops_the_rich_progress_bar(tmp_path):
+    from facelab.cli import _build_trainer
+
+    kept_bar = [o for o in TINY if o != "~callbacks.rich_progress_bar"]
+    trainer = _build_trainer(compose_config("train", tmp_path, kept_bar))
+    assert "RichProgressBar" not in [type(c).__name__ for c in trainer.callbacks]
+    assert trainer.progress_bar_callback is None
+    shown = [o for o in kept_bar if o != "trainer.enable_progress_bar=false"]
+    trainer = _build_trainer(compose_config("train", tmp_path, shown))
+    assert type(trainer.progress_bar_callback).__name__ == "RichProgressBar"
