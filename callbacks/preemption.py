@@ -56,22 +56,19 @@ class SaveOnPreemption(pl.Callback):
         if not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
             return
         run_dir = trainer.default_root_dir
-        path = next_hpc_checkpoint(run_dir)
-        staging = path.with_name(
-            "preemption-save.partial"
-        )  # no "hpc_ckpt_" in it: never taken for a checkpoint
+        path = next_hpc_checkpoint(run_dir)  # every rank names it before rank 0 adds the file
+        staging = path.with_name("preemption-save.partial")  # no "hpc_ckpt_" in it: never resumed from
         trainer.save_checkpoint(staging)
-        requeued = False
         if trainer.is_global_zero:
             os.replace(staging, path)
             for old in hpc_checkpoints(run_dir)[: -self.keep_last]:
                 old.unlink(missing_ok=True)
-            job_id = slurm_job_id()
-            if self.requeue and job_id is not None:
-                log.warning("Preemption signal: saved %s, requeueing Slurm job %s.", path, job_id)
-                requeue_slurm_job(job_id)
-                requeued = True
-            else:
-                log.warning("Preemption signal: saved %s and stopped (ckpt_path=last continues).", path)
+        # Requeue only once every rank is past the save: Slurm then terminates the job's tasks at once.
         trainer.strategy.barrier("preemption-save")
-        raise Preempted(path, requeued or (self.requeue and slurm_job_id() is not None))
+        job_id = slurm_job_id() if self.requeue else None
+        if job_id is not None and trainer.is_global_zero:
+            log.warning("Preemption signal: saved %s, requeueing Slurm job %s.", path, job_id)
+            requeue_slurm_job(job_id)
+        elif job_id is None and trainer.is_global_zero:
+            log.warning("Preemption signal: saved %s and stopped (ckpt_path=last continues).", path)
+        raise Preempted(path, requeued=job_id is not None)
