@@ -6,28 +6,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
+from facelab.io.files import atomic_write_bytes, user_cache_dir
+from facelab.io.masks import read_mask
 from facelab.ops.masks import bucket_from_name, bucket_index, bucket_name, procedural_mask
 
 MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-RATIO_CACHE_NAME = ".facelab_mask_ratios.json"
-# A mask file is near-binary: at most this share of its pixels may lie in the grey band below (which is
-# generous for JPEG residue and anti-aliased edges, and rules out photos and gradients).
-MAX_GREY_SHARE = 0.01
-GREY_BAND = (64, 191)
-
-
-class MaskFileError(ValueError):
-    """A file in a mask folder is unreadable or is not a binary mask."""
 
 
 class ProceduralMasks(Dataset):
@@ -41,8 +32,15 @@ class ProceduralMasks(Dataset):
     process, and the draw counter counts this copy's calls (so repeated calls in one process differ).
     """
 
-    def __init__(self, size: int, length: int, seed: int = 0, hole_ratio: tuple[float, float] = (0.01, 0.6),
-                 style: str = "mixed", fixed: bool = True):
+    def __init__(
+        self,
+        size: int,
+        length: int,
+        seed: int = 0,
+        hole_ratio: tuple[float, float] = (0.01, 0.6),
+        style: str = "mixed",
+        fixed: bool = True,
+    ):
         if length < 1:
             raise ValueError(f"ProceduralMasks needs length >= 1, got {length}.")
         self.size, self.length, self.seed, self.fixed = size, length, seed, fixed
@@ -72,50 +70,36 @@ class ProceduralMasks(Dataset):
 
 def _expected_layout(root: Path, extensions: tuple[str, ...]) -> str:
     """What a mask folder should look like, for error messages."""
-    return (f"Expected a folder (searched recursively) of grayscale mask images ({', '.join(extensions)}) "
-            f"with white = hole, such as the NVIDIA irregular mask set (pass white_is_hole=False for "
-            f"black = hole), under {root}.")
-
-
-def load_mask_file(path: Path, size: int, white_is_hole: bool = True, threshold: float = 0.5) -> np.ndarray:
-    """Decode a mask image to `[size, size]` float32 in {0, 1} (1 = hole).
-
-    The file is checked to be near-binary at its own resolution, then resized (stretched) to size x size
-    with bilinear interpolation and thresholded at `threshold`, so resizing never leaves grey pixels.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: truncated files only fail here
-            gray = np.asarray(image.convert("L"))
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-        message = f"Cannot decode mask image {path} ({error}). Replace or delete the file."
-        raise MaskFileError(message) from error
-    grey_share = float(np.mean((gray >= GREY_BAND[0]) & (gray <= GREY_BAND[1])))
-    if grey_share > MAX_GREY_SHARE:
-        raise MaskFileError(
-            f"{path} is not a binary mask: {grey_share:.1%} of its pixels are grey (values "
-            f"{GREY_BAND[0]}-{GREY_BAND[1]}), at most {MAX_GREY_SHARE:.0%} allowed. Expected a "
-            f"black-and-white image with {'white' if white_is_hole else 'black'} = hole; is this a photo "
-            "in the mask folder?")
-    holes = gray if white_is_hole else 255 - gray
-    if holes.shape != (size, size):
-        holes = np.asarray(Image.fromarray(holes).resize((size, size), Image.BILINEAR))
-    return (holes > threshold * 255).astype(np.float32)
+    return (
+        f"Expected a folder (searched recursively) of grayscale mask images ({', '.join(extensions)}) "
+        f"with white = hole, such as the NVIDIA irregular mask set (pass white_is_hole=False for "
+        f"black = hole), under {root}."
+    )
 
 
 class MaskFolder(Dataset):
     """Mask images under `root` (recursive, sorted by path), as `[1, size, size]` float32 tensors.
 
     Every file's hole ratio is measured from its pixels at `size` (never from its name) when the dataset is
-    built, which also validates every file; the ratios are kept in memory and, where `root` is writable, in
-    a small JSON cache next to the masks keyed by path, byte size and mtime, so a second build decodes only
-    new or changed files. `bucket` (an index or a label such as "(0.1,0.2]") keeps one NVIDIA bucket.
-    augment=True adds random horizontal/vertical flips and 90-degree rotations (torch's RNG).
+    built, which also validates every file (`facelab.io.masks.read_mask`). The ratios are kept in memory and
+    in a small JSON file in the user's cache, outside the folder (`ratio_cache_path`; ratio_cache=False
+    turns it off): one file per folder (a hash of its absolute path) with an entry per file name checked
+    against the file's byte size and mtime, so a second build decodes only new or changed files.
+    `bucket` (an index or a label such as "(0.1,0.2]") keeps one NVIDIA bucket. augment=True adds random
+    horizontal/vertical flips and 90-degree rotations (torch's RNG).
     """
 
-    def __init__(self, root: str | Path, size: int, augment: bool = False, bucket: int | str | None = None,
-                 white_is_hole: bool = True, threshold: float = 0.5,
-                 extensions: tuple[str, ...] = MASK_EXTENSIONS, ratio_cache: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        size: int,
+        augment: bool = False,
+        bucket: int | str | None = None,
+        white_is_hole: bool = True,
+        threshold: float = 0.5,
+        extensions: tuple[str, ...] = MASK_EXTENSIONS,
+        ratio_cache: bool = True,
+    ):
         self.root, self.size, self.augment = Path(root), size, augment
         self.white_is_hole, self.threshold = white_is_hole, threshold
         extensions = tuple(extension.lower() for extension in extensions)
@@ -132,8 +116,10 @@ class MaskFolder(Dataset):
         if self.bucket is not None:
             keep = [i for i, item_bucket in enumerate(buckets) if item_bucket == self.bucket]
             if not keep:
-                raise ValueError(f"No masks under {self.root} fall in bucket {bucket_name(self.bucket)}; "
-                                 f"masks per bucket: {self._bucket_counts(buckets)}.")
+                raise ValueError(
+                    f"No masks under {self.root} fall in bucket {bucket_name(self.bucket)}; "
+                    f"masks per bucket: {self._bucket_counts(buckets)}."
+                )
             paths, ratios, buckets = [paths[i] for i in keep], ratios[keep], [buckets[i] for i in keep]
         self.paths: list[Path] = paths
         self.ratios: np.ndarray = ratios  # float64 hole ratio of each item, measured at `size`
@@ -150,49 +136,30 @@ class MaskFolder(Dataset):
         return f"size={self.size},white_is_hole={self.white_is_hole},threshold={self.threshold}"
 
     def _measure(self, paths: list[Path], use_cache: bool) -> np.ndarray:
-        """Hole ratio of every file at `size`, decoding only files missing from the JSON cache."""
-        cache_path = self.root / RATIO_CACHE_NAME
-        cache = self._read_cache(cache_path) if use_cache else {}
-        section = cache.setdefault(self._settings_key(), {})
-        ratios, changed = np.empty(len(paths), np.float64), False
+        """Hole ratio of every file at `size`, decoding only files whose cache entry is missing or stale."""
+        cache_path = ratio_cache_path(self.root) if use_cache else None
+        cache = _read_cache(cache_path, self.root) if cache_path else {}
+        old_section = cache.get(self._settings_key())
+        old_section = old_section if isinstance(old_section, dict) else {}
+        section, ratios = {}, np.empty(len(paths), np.float64)
         for i, path in enumerate(paths):
             stat, name = path.stat(), path.relative_to(self.root).as_posix()
             signature = [stat.st_size, stat.st_mtime_ns]
-            entry = section.get(name)
-            if entry is not None and entry[:2] == signature:
+            entry = old_section.get(name)
+            if isinstance(entry, list) and len(entry) == 3 and entry[:2] == signature:
                 ratios[i] = entry[2]
-                continue
-            mask = load_mask_file(path, self.size, self.white_is_hole, self.threshold)
-            ratios[i] = mask.sum(dtype=np.float64) / mask.size  # as facelab.ops.masks.hole_ratio
+            else:
+                mask = self._read(path)
+                ratios[i] = mask.sum(dtype=np.float64) / mask.size  # as facelab.ops.masks.hole_ratio
             section[name] = [*signature, float(ratios[i])]
-            changed = True
-        if use_cache and changed:
-            self._write_cache(cache_path, cache)
+        if cache_path and section != old_section:  # new, changed or deleted files
+            cache[self._settings_key()] = section
+            _write_cache(cache_path, self.root, cache)
         return ratios
 
-    @staticmethod
-    def _read_cache(cache_path: Path) -> dict:
-        """The ratio cache, or an empty one when missing or unreadable (it is only an optimisation)."""
-        try:
-            cache = json.loads(cache_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return cache if isinstance(cache, dict) else {}
-
-    @staticmethod
-    def _write_cache(cache_path: Path, cache: dict) -> None:
-        """Write the cache atomically (concurrent ranks may build the dataset at once); skip if read-only."""
-        try:
-            descriptor, temporary = tempfile.mkstemp(dir=cache_path.parent, prefix=cache_path.name,
-                                                     suffix=".tmp")
-        except OSError:
-            return
-        try:
-            with os.fdopen(descriptor, "w") as file:
-                json.dump(cache, file)
-            os.replace(temporary, cache_path)
-        except OSError:
-            Path(temporary).unlink(missing_ok=True)
+    def _read(self, path: Path) -> np.ndarray:
+        """The mask in `path` at `size`, `[size, size]` float32 with 1 = hole."""
+        return read_mask(path, self.white_is_hole, self.threshold, size=self.size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -200,12 +167,15 @@ class MaskFolder(Dataset):
     def item_info(self, index: int) -> dict:
         """Path, hole ratio and bucket (index and label) of item `index`."""
         item_bucket = self.buckets[index]
-        return {"path": self.paths[index], "hole_ratio": float(self.ratios[index]), "bucket": item_bucket,
-                "bucket_name": None if item_bucket is None else bucket_name(item_bucket)}
+        return {
+            "path": self.paths[index],
+            "hole_ratio": float(self.ratios[index]),
+            "bucket": item_bucket,
+            "bucket_name": None if item_bucket is None else bucket_name(item_bucket),
+        }
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        mask = load_mask_file(self.paths[index], self.size, self.white_is_hole, self.threshold)
-        mask = torch.from_numpy(mask)
+        mask = torch.from_numpy(self._read(self.paths[index]))
         if self.augment:
             # Flips and quarter turns keep the hole ratio and cover all 8 symmetries of the square.
             if torch.rand(()) < 0.5:
@@ -214,3 +184,37 @@ class MaskFolder(Dataset):
                 mask = mask.flip(-2)
             mask = torch.rot90(mask, int(torch.randint(4, ())), dims=(-2, -1))
         return mask.contiguous()[None]
+
+
+def ratio_cache_path(root: Path) -> Path | None:
+    """The ratio cache file of mask folder `root`: in the user's cache (`facelab.io.files.user_cache_dir`),
+    never in the folder, so a dataset stays untouched. One file per folder, named by a hash of its absolute
+    path; None when there is no home to put it in."""
+    absolute = root.resolve()
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:16]
+    try:
+        return user_cache_dir("mask_ratios") / f"{absolute.name}-{digest}.json"
+    except RuntimeError:  # Path.home() fails without $HOME or a passwd entry; the cache is only a speed-up
+        return None
+
+
+def _read_cache(cache_path: Path, root: Path) -> dict:
+    """Settings key -> {file name: [byte size, mtime_ns, ratio]}; empty when the cache is missing, unreadable
+    or belongs to another folder (it is only an optimisation)."""
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cache, dict) or cache.get("root") != str(root.resolve()):
+        return {}
+    sections = cache.get("ratios")
+    return sections if isinstance(sections, dict) else {}
+
+
+def _write_cache(cache_path: Path, root: Path, sections: dict) -> None:
+    """Replace the cache atomically (ranks may build the dataset at once); skip it if it is not writable."""
+    data = json.dumps({"root": str(root.resolve()), "ratios": sections}).encode()
+    try:
+        atomic_write_bytes(cache_path, data)
+    except OSError:
+        pass

@@ -16,22 +16,15 @@ import torch.nn.functional as F
 from facelab.io.images import (
     IMAGE_EXTENSIONS,
     list_images,
-    read_gray,
     read_rgb,
     save_image,
     to_tensor,
     to_uint8,
 )
+from facelab.io.masks import read_mask
 
 log = logging.getLogger(__name__)
 SIZE_MULTIPLE = 8  # two stride-2 downsamplings and 8-px HOG cells
-
-
-def read_mask(path: Path, white_is_hole: bool = True) -> np.ndarray:
-    """A mask file -> `[H, W]` bool, True = hole; thresholded at half intensity."""
-    gray = read_gray(path)
-    hole = gray >= 128
-    return hole if white_is_hole else ~hole
 
 
 def pair_files(image: Path, mask: Path) -> list[tuple[Path, Path]]:
@@ -104,12 +97,10 @@ def inpaint_files(
     single = image.is_file()
     written = []
     for image_path, mask_path in pairs:
-        pixels, hole = read_rgb(image_path), read_mask(mask_path, white_is_hole)
-        if hole.shape != pixels.shape[:2]:
-            raise ValueError(
-                f"Mask {mask_path} is {hole.shape[1]}x{hole.shape[0]} but image {image_path} is "
-                f"{pixels.shape[1]}x{pixels.shape[0]}; give a mask of the image's size."
-            )
+        pixels = read_rgb(image_path)
+        # read_mask checks that the file is a binary mask of the image's size (1 = hole, cut at half grey).
+        shape = pixels.shape[:2]
+        hole = read_mask(mask_path, white_is_hole, required_shape=shape, shape_of=f"image {image_path}") > 0.5
         result = inpaint_array(model, pixels, hole, size, device)
         target = out if single and out.suffix.lower() in IMAGE_EXTENSIONS else out / f"{image_path.stem}.png"
         save_image(result, target)

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
+import torch
 from PIL import Image
 
+import facelab.cli
 from datamodules.synthetic_faces import render_face
 from facelab.cli import run_inpaint, run_train
+from facelab.io.masks import MaskFileError
 from facelab.ops.masks import procedural_mask
 from tests.conftest import TINY, compose_config
 
@@ -88,6 +92,28 @@ def test_inpaint_bad_inputs_name_the_problem(trained_checkpoint, tmp_path):
     mask_path.unlink()
     with pytest.raises(FileNotFoundError, match="face0"):
         _inpaint(tmp_path, trained_checkpoint, tmp_path / "in", tmp_path / "in" / "masks", tmp_path / "out")
+
+
+class WhiteFill(torch.nn.Module):
+    """Stands in for a checkpoint: predicts white everywhere, so the mask alone decides what changes."""
+
+    def inpaint(self, image, mask):
+        return {"pred": torch.ones_like(image)}
+
+
+def test_inpaint_reads_masks_with_the_shared_checks(tmp_path, monkeypatch):
+    monkeypatch.setattr(facelab.cli, "_load_checkpoint_model", lambda model_config, path: WhiteFill())
+    image_path, mask_path, image, hole = _write_pair(tmp_path / "in", 0)
+    out = tmp_path / "result.png"
+    _inpaint(tmp_path, "unused.ckpt", image_path, mask_path, out)
+    result = np.asarray(Image.open(out))
+    assert np.array_equal(result[~hole], image[~hole]) and np.all(result[hole] == 255)
+    # A photo given as the mask is refused before anything is written, naming the file and the fix.
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()[:32, :32]).save(photo)
+    with pytest.raises(MaskFileError, match="astronaut.png is not a binary mask.*photo.*white = hole"):
+        _inpaint(tmp_path, "unused.ckpt", image_path, photo, tmp_path / "photo_result.png")
+    assert not (tmp_path / "photo_result.png").exists()
 
 
 def _run(*args, cwd):

@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 import datamodules.masks as mask_datasets
-from datamodules.masks import RATIO_CACHE_NAME, MaskFileError, MaskFolder, ProceduralMasks
+from datamodules.masks import MaskFolder, ProceduralMasks, ratio_cache_path
+from facelab.io.images import CorruptImageError
+from facelab.io.masks import MaskFileError, read_mask
 from facelab.ops.masks import (
     HOLE_RATIO_BUCKETS,
     STYLES,
@@ -24,6 +26,14 @@ from facelab.ops.masks import (
 )
 
 RANGES = [(0.01, 0.6), *HOLE_RATIO_BUCKETS]
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory, monkeypatch):
+    """A fresh FACELAB_CACHE per test: the mask ratio cache never touches the real home cache."""
+    cache = tmp_path_factory.mktemp("user_cache")
+    monkeypatch.setenv("FACELAB_CACHE", str(cache))
+    return cache
 
 
 def corner_windows(mask: np.ndarray) -> int:
@@ -148,8 +158,9 @@ def test_hole_ratio_counts_pixels_for_numpy_and_torch():
     masks[1, 0].flat[:11] = 1  # 0.11 -> second bucket
     ratios_np, ratios_torch = hole_ratio(masks), hole_ratio(torch.from_numpy(masks))
     assert ratios_np.shape == (3, 1) and tuple(ratios_torch.shape) == (3, 1)
-    assert np.allclose(ratios_np[:, 0], [0.1, 0.11, 0.0]) and torch.allclose(ratios_torch[:, 0],
-                                                                               torch.tensor([0.1, 0.11, 0.0]))
+    assert np.allclose(ratios_np[:, 0], [0.1, 0.11, 0.0]) and torch.allclose(
+        ratios_torch[:, 0], torch.tensor([0.1, 0.11, 0.0])
+    )
     assert bucket_indices(ratios_torch[:, 0]).tolist() == [0, 1, -1]
     assert [bucket_index(r) for r in ratios_np[:, 0]] == [0, 1, None]
 
@@ -274,13 +285,13 @@ def test_mask_folder_accepts_near_binary_jpeg(tmp_path):
     assert MaskFolder(tmp_path, 64).ratios[0] == pytest.approx(20 / 64, abs=0.02)
 
 
-@pytest.mark.parametrize("kind", ["gradient", "camera"])
+@pytest.mark.parametrize("kind", ["gradient", "camera", "astronaut"])
 def test_mask_folder_rejects_non_binary_images(tmp_path, kind):
     write_mask(tmp_path / "good.png", rows_mask(64, 8))
     if kind == "gradient":
         image = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
     else:
-        image = skimage.data.camera()
+        image = getattr(skimage.data, kind)()  # grayscale and RGB photos
     Image.fromarray(image).save(tmp_path / f"{kind}.png")
     with pytest.raises(ValueError, match=f"{kind}.png is not a binary mask"):
         MaskFolder(tmp_path, 64)
@@ -289,13 +300,13 @@ def test_mask_folder_rejects_non_binary_images(tmp_path, kind):
 def test_mask_folder_rejects_corrupt_files(tmp_path):
     write_mask(tmp_path / "good.png", rows_mask(64, 8))
     (tmp_path / "noise.png").write_bytes(np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes())
-    with pytest.raises(MaskFileError, match="noise.png"):
+    with pytest.raises(CorruptImageError, match="noise.png"):
         MaskFolder(tmp_path, 64)
     (tmp_path / "noise.png").unlink()
     write_mask(tmp_path / "other.png", np.random.default_rng(1).integers(0, 2, (64, 64)).astype(np.uint8))
     other = (tmp_path / "other.png").read_bytes()
     (tmp_path / "other.png").write_bytes(other[: len(other) // 2])  # truncated file
-    with pytest.raises(MaskFileError, match="Cannot decode mask image .*other.png"):
+    with pytest.raises(CorruptImageError, match="Cannot decode mask image .*other.png"):
         MaskFolder(tmp_path, 64)
 
 
@@ -308,13 +319,30 @@ def test_mask_folder_missing_or_empty_root(tmp_path):
         MaskFolder(tmp_path / "empty", 64)
 
 
-def test_mask_folder_ratio_cache_avoids_decoding_again(bucket_folder, monkeypatch):
-    first = MaskFolder(bucket_folder, 64)
-    assert (bucket_folder / RATIO_CACHE_NAME).is_file()
+def files_with_times(root) -> list[tuple[str, int, int]]:
+    """Every entry under `root` with its byte size and mtime: what a read-only scan must leave as it was."""
+    return sorted(
+        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+    )
+
+
+def count_decodes(monkeypatch) -> list[str]:
+    """Names of the mask files MaskFolder decodes from now on."""
     decoded = []
-    real_load = mask_datasets.load_mask_file
-    monkeypatch.setattr(mask_datasets, "load_mask_file", lambda path, *args: decoded.append(path.name)
-                        or real_load(path, *args))
+    real_read = mask_datasets.read_mask
+    monkeypatch.setattr(
+        mask_datasets,
+        "read_mask",
+        lambda path, *args, **kwargs: decoded.append(path.name) or real_read(path, *args, **kwargs),
+    )
+    return decoded
+
+
+def test_mask_folder_ratio_cache_avoids_decoding_again(bucket_folder, monkeypatch, user_cache):
+    first = MaskFolder(bucket_folder, 64)
+    assert ratio_cache_path(bucket_folder).is_file()
+    assert ratio_cache_path(bucket_folder).parent == user_cache / "mask_ratios"
+    decoded = count_decodes(monkeypatch)
     second = MaskFolder(bucket_folder, 64)
     assert decoded == [] and np.array_equal(first.ratios, second.ratios)
     # A changed file (new size/mtime) is measured again, and only that one.
@@ -329,6 +357,87 @@ def test_mask_folder_ratio_cache_avoids_decoding_again(bucket_folder, monkeypatc
     assert len(decoded) == 4
 
 
-def test_mask_folder_without_cache_writes_nothing(bucket_folder):
+def test_mask_folder_scan_leaves_the_folder_untouched(bucket_folder):
+    before = files_with_times(bucket_folder)
+    MaskFolder(bucket_folder, 64)
+    MaskFolder(bucket_folder, 32, white_is_hole=False)
+    assert files_with_times(bucket_folder) == before
+
+
+def test_mask_folder_cache_follows_added_and_deleted_files(bucket_folder, monkeypatch):
+    MaskFolder(bucket_folder, 64)
+    decoded = count_decodes(monkeypatch)
+    write_mask(bucket_folder / "e_new.png", rows_mask(64, 16))
+    (bucket_folder / "d_0.35.png").unlink()
+    edited = MaskFolder(bucket_folder, 64)
+    assert decoded == ["e_new.png"]
+    assert [p.name for p in edited.paths] == [
+        "a_bucket5_0.55.png",
+        "b_0.05.png",
+        "e_new.png",
+        "c_bucket0.png",
+    ]
+    assert np.allclose(edited.ratios, [3 / 64, 10 / 64, 16 / 64, 36 / 64])
+    decoded.clear()
+    assert np.array_equal(MaskFolder(bucket_folder, 64).ratios, edited.ratios) and decoded == []
+
+
+def test_mask_folder_cache_is_per_folder_and_env_overridable(tmp_path, monkeypatch):
+    for name, rows in (("one", 8), ("two", 24)):  # same file names, different pixels
+        write_mask(tmp_path / name / "m.png", rows_mask(32, rows))
+    assert MaskFolder(tmp_path / "one", 32).ratios[0] == 8 / 32
+    assert MaskFolder(tmp_path / "two", 32).ratios[0] == 24 / 32
+    assert ratio_cache_path(tmp_path / "one") != ratio_cache_path(tmp_path / "two")
+    monkeypatch.delenv("FACELAB_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ratio_cache_path(tmp_path / "one").parent == tmp_path / "xdg" / "facelab" / "mask_ratios"
+
+
+def test_mask_folder_ignores_a_broken_cache(bucket_folder):
+    expected = MaskFolder(bucket_folder, 64).ratios
+    ratio_cache_path(bucket_folder).write_text("{not json")
+    assert np.array_equal(MaskFolder(bucket_folder, 64).ratios, expected)
+
+
+def test_mask_folder_without_cache_writes_nothing(bucket_folder, user_cache):
+    before = files_with_times(bucket_folder)
     MaskFolder(bucket_folder, 64, ratio_cache=False)
-    assert not (bucket_folder / RATIO_CACHE_NAME).exists()
+    assert files_with_times(bucket_folder) == before
+    assert not ratio_cache_path(bucket_folder).exists() and not any(user_cache.rglob("*"))
+
+
+# --- read_mask (the one reader of mask files) ----------------------------------------------------------
+
+
+def test_read_mask_thresholds_at_half_and_honours_the_hole_colour(tmp_path):
+    gray = np.array([[0, 127, 128, 255]], np.uint8)
+    Image.fromarray(np.repeat(gray, 100, axis=0)).save(tmp_path / "m.png")  # half the pixels grey: too many
+    with pytest.raises(MaskFileError):
+        read_mask(tmp_path / "m.png")
+    nearly_binary = np.zeros((20, 40), np.uint8)
+    nearly_binary[:, :10], nearly_binary[0, 20:22] = 255, (127, 128)  # 2 grey pixels of 800: allowed
+    Image.fromarray(nearly_binary).save(tmp_path / "b.png")
+    white = read_mask(tmp_path / "b.png")
+    black = read_mask(tmp_path / "b.png", white_is_hole=False)
+    assert white.dtype == np.float32 and white.shape == (20, 40)
+    assert np.array_equal(white, 1 - black) and white.sum() == 20 * 10 + 1
+    assert (
+        white[0, 20] == 0 and white[0, 21] == 1
+    )  # 127 is not a hole, 128 is (as facelab-inpaint always did)
+
+
+def test_read_mask_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Mask image .*absent.png does not exist"):
+        read_mask(tmp_path / "absent.png")
+    (tmp_path / "corrupt.png").write_bytes(b"not a png at all")
+    with pytest.raises(CorruptImageError, match="corrupt.png.*Replace or delete the file"):
+        read_mask(tmp_path / "corrupt.png")
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
+    with pytest.raises(MaskFileError, match="astronaut.png is not a binary mask.*photo.*white = hole"):
+        read_mask(tmp_path / "astronaut.png")
+    with pytest.raises(MaskFileError, match="black = hole"):
+        read_mask(tmp_path / "astronaut.png", white_is_hole=False)
+    write_mask(tmp_path / "small.png", rows_mask(16, 4))
+    with pytest.raises(ValueError, match="small.png is 16x16 but image face.png is 24x32; give a mask"):
+        read_mask(tmp_path / "small.png", required_shape=(32, 24), shape_of="image face.png")
+    assert read_mask(tmp_path / "small.png", required_shape=(16, 16), size=32).shape == (32, 32)

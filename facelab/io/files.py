@@ -1,4 +1,5 @@
-"""Writing files so that a crash, a kill or a second process never leaves a torn or mixed file behind."""
+"""Writing files so that a crash, a kill or a second process never leaves a torn or mixed file behind, and
+where per-user cache files go."""
 
 from __future__ import annotations
 
@@ -44,3 +45,12 @@ def write_once(path: str | Path, data: bytes) -> bool:
         except FileExistsError:
             return False
     return True
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """`$FACELAB_CACHE/<parts>` if set, else `$XDG_CACHE_HOME/facelab/<parts>`, else
+    `~/.cache/facelab/<parts>`: derived data that may be deleted at any time (not created here)."""
+    root = os.environ.get("FACELAB_CACHE")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facelab"
+    return Path(root).expanduser().joinpath(*parts)

@@ -1,4 +1,4 @@
-"""Image and mask files: reading with clear errors, writing atomically, tensor <-> file conversion."""
+"""Image files: reading with clear errors, writing atomically, tensor <-> file conversion; masks: masks.py."""
 
 from __future__ import annotations
 
@@ -28,25 +28,30 @@ def list_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to `[H, W, 3]` uint8 RGB; a corrupt file raises CorruptImageError naming it."""
+def decode_image(
+    path: str | Path, mode: str, what: str = "image", fix: str = "Replace or delete the file."
+) -> np.ndarray:
+    """Decode an image file to a uint8 array in PIL `mode` ("RGB", "L", ...). A missing file raises
+    FileNotFoundError and an undecodable one CorruptImageError; both messages name the file as `what`
+    ("image", "mask image") and the undecodable one ends with `fix`."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"Image {path} does not exist.")
+        raise FileNotFoundError(f"{what.capitalize()} {path} does not exist.")
     try:
         with Image.open(path) as image:
             image.load()  # decode now: truncated files only fail on load
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise CorruptImageError(
-            f"Cannot decode image {path} ({error}). Replace or delete the file, or set "
-            "`on_corrupt: skip` in the data config to skip unreadable files with a warning."
-        ) from error
+            return np.asarray(image.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise CorruptImageError(f"Cannot decode {what} {path} ({error}). {fix}") from error
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """Decode an image file to `[H, W]` uint8 grayscale; a corrupt file raises CorruptImageError naming it."""
-    return np.asarray(Image.fromarray(read_rgb(path)).convert("L"))
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to `[H, W, 3]` uint8 RGB; a corrupt file raises CorruptImageError naming it."""
+    fix = (
+        "Replace or delete the file, or set `on_corrupt: skip` in the data config to skip unreadable "
+        "files with a warning."
+    )
+    return decode_image(path, "RGB", fix=fix)
 
 
 def center_crop_resize(image: np.ndarray, size: int, resample=Image.BICUBIC) -> np.ndarray:
