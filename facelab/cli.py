@@ -33,7 +33,7 @@ def _without_hydra(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # hydra's own node is noise
 
 
-def _apply_extras(cfg: DictConfig) -> None:
+def apply_extras(cfg: DictConfig) -> None:
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
@@ -45,7 +45,7 @@ def _apply_extras(cfg: DictConfig) -> None:
         Console().print(Syntax(shown, "yaml", theme="ansi_dark"))
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
+def instantiate_all(group: DictConfig | None) -> list:
     """Every entry of a callbacks/logger group that has a `_target_`."""
     return [
         instantiate(entry)
@@ -155,9 +155,9 @@ def _seed(cfg: DictConfig) -> None:
 def _build_trainer(cfg: DictConfig):
     """The Trainer with the run's callbacks and loggers (CSV + TensorBoard by default)."""
     _prepare_wandb(cfg.get("logger"), _output_dir(cfg))
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = instantiate_all(cfg.get("logger"))
     _log_config_to_wandb(cfg, loggers)
-    callbacks = _instantiate_all(_callback_configs(cfg))
+    callbacks = instantiate_all(_callback_configs(cfg))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -185,7 +185,7 @@ def _load_checkpoint_model(model_config: DictConfig, path: str):
 
 def run_train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) the configured model; returns `optimized_metric` for sweepers."""
-    _apply_extras(cfg)
+    apply_extras(cfg)
     _seed(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
@@ -211,7 +211,7 @@ def run_train(cfg: DictConfig) -> float | None:
 
 def run_eval(cfg: DictConfig) -> dict:
     """Test a checkpoint, or a classical baseline, on the configured data's test split."""
-    _apply_extras(cfg)
+    apply_extras(cfg)
     if cfg.get("baseline") and cfg.get("ckpt"):
         raise ValueError("Give either ckpt=<file> or baseline=<zero|mean|biharmonic>, not both.")
     if not cfg.get("baseline") and not cfg.get("ckpt"):
@@ -239,7 +239,7 @@ def run_inpaint(cfg: DictConfig) -> list[Path]:
     """Inpaint `image` (file or folder) with `mask` into `out`."""
     from facelab.inference import inpaint_files, resolve_device
 
-    _apply_extras(cfg)
+    apply_extras(cfg)
     device = resolve_device(cfg.device)
     model = _load_checkpoint_model(cfg.model, cfg.ckpt).to(device).eval()
     written = inpaint_files(

@@ -18,7 +18,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from facelab.cli import CONFIG_DIR, _apply_extras, _instantiate_all
+from facelab.cli import CONFIG_DIR, apply_extras, instantiate_all
 from facelab.cluster import Preempted, requeue_slurm_job, slurm_job_id
 from facelab.fit_progress import FitProgress
 from facelab.fit_records import FitRecords
@@ -45,7 +45,7 @@ def run_fit(cfg: DictConfig) -> dict:
     """Fit every not-yet-recorded item of this shard; returns counts for this process."""
     if OmegaConf.is_missing(cfg, "manifest"):
         raise ValueError("facelab-fit needs manifest=<a .yaml list, a .csv file or a folder of images>.")
-    _apply_extras(cfg)
+    apply_extras(cfg)
     items = instantiate(cfg.data)
     records = FitRecords(cfg.output_dir)
     done = records.done_ids()
@@ -132,7 +132,7 @@ def _fit_chunk(
     trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(records.chunk_dir(item_ids)),  # where a preemption's hpc_ckpt_N.ckpt goes
-        callbacks=_instantiate_all(cfg.get("callbacks")),
+        callbacks=instantiate_all(cfg.get("callbacks")),
         _convert_="all",
     )
     began = time.perf_counter()
