@@ -178,7 +178,9 @@ class ImageMetrics(pl.Callback):
                 logger.log_metrics(flat, step=trainer.global_step)
         else:
             for name, value in flat.items():
-                pl_module.log(name, value, sync_dist=False, batch_size=1)
+                # Equal on every rank already (synced above); sync_dist averages equal values, which is
+                # exact, and tells Lightning these epoch values are global.
+                pl_module.log(name, value, sync_dist=True, batch_size=1)
         if trainer.is_global_zero:
             self._write(trainer, stage, rows)
 

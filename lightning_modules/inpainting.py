@@ -254,8 +254,19 @@ class GuidedInpainting(pl.LightningModule):
         self.manual_backward(generator_total)
         for optimizer in generator_optimizers:
             optimizer.step()
-        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=True, batch_size=image.shape[0])
-        self.log("train/g_total", generator_total.detach(), prog_bar=True, batch_size=image.shape[0])
+        batch_size = image.shape[0]
+        # Step values are this rank's; epoch means are over all ranks, synced once at the epoch's end.
+        self.log_dict(
+            {f"{k}_step": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=batch_size
+        )
+        self.log_dict(
+            {f"{k}_epoch": v for k, v in logs.items()},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=batch_size,
+        )
+        self.log("train/g_total", generator_total.detach(), prog_bar=True, batch_size=batch_size)
 
     def _shape_losses(self, image, mask, gt_guide, predicted, d_optimizer):
         """D_H step, then G_H's loss: L1 in the hole + adversarial, 1:1 (the paper)."""
