@@ -78,12 +78,13 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def start_requeued_job_now(job_id: str, timeout: float = 120) -> None:
-    """Slurm holds a requeued job (PENDING, reason BeginTime) for about two minutes; start it at once so
-    the tests do not wait."""
+    """Slurm holds a requeued job (PENDING, reason BeginTime) for about two minutes; start it after a few
+    seconds instead, so the tests do not wait. Not at once: slurmd rejects a launch credential issued in
+    the same second as the previous run's revoked one ("Job credential revoked"), which fails the job."""
 
     def pending() -> bool:
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
         return "PENDING" in state.stdout
 
     wait_for(pending, timeout, f"{job_id} to be requeued")
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+5"], check=True)

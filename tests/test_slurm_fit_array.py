@@ -25,6 +25,7 @@ from tests.test_fit_job import event_counts, snapshot
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SCRIPT = str(REPO_ROOT / "slurm" / "fit_array.sbatch")
+STEPS = 3000
 
 
 def _submit(folder: Path, array: str, *overrides: str) -> str:
@@ -73,7 +74,8 @@ def test_preemption_signal_requeues_the_task_which_resumes_its_chunk(tmp_path):
     require_slurm()
     make_faces(tmp_path / "faces", 4)
     out = tmp_path / "out"
-    array_job = _submit(tmp_path, "0-1", "steps=600")  # a long item: the signal lands inside it
+    # A long item (seconds even on an idle machine): the signal lands inside its fit, not after it.
+    array_job = _submit(tmp_path, "0-1", f"steps={STEPS}")
     wait_for((out / "partial" / chunk_key(["face0"]) / "chunk.ckpt").exists, 600, "task 0's first checkpoint")
     # what `#SBATCH --signal=SIGUSR1@90` sends before the time limit
     subprocess.run(["scancel", "--signal=USR1", f"{array_job}_0"], check=True)
@@ -87,5 +89,5 @@ def test_preemption_signal_requeues_the_task_which_resumes_its_chunk(tmp_path):
     assert event_counts(out, "start") == {**dict.fromkeys(ids, 1), "face0": 2}, logs
     preempted = FitRecords(out).read_record("face0")
     assert preempted["slurm_restart_count"] == "1" and preempted["slurm_array_job_id"] == array_job, logs
-    assert Path(preempted["resumed_from"]).name.startswith("hpc_ckpt_") and preempted["steps"] == 600, logs
+    assert Path(preempted["resumed_from"]).name.startswith("hpc_ckpt_") and preempted["steps"] == STEPS, logs
     assert "requeueing Slurm job" in logs
