@@ -111,14 +111,15 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     so a requeued job (after a preemption signal, or a node failure without one) continues the same way."""
     if ckpt_path is None and slurm_job_id() is not None:
         ckpt_path = "last"
-    if ckpt_path in (None, "last"):
-        latest = latest_checkpoint(output_dir)
-        if ckpt_path == "last":
-            if latest is not None:
-                log.info("Resuming from %s", latest)
-                return str(latest)
-            log.info("ckpt_path=last but %s holds no checkpoint yet: starting from scratch.", output_dir)
+    if ckpt_path is None:
         return None
+    if ckpt_path == "last":
+        latest = latest_checkpoint(output_dir)
+        if latest is None:
+            log.info("ckpt_path=last but %s holds no checkpoint yet: starting from scratch.", output_dir)
+            return None
+        log.info("Resuming from %s", latest)
+        return str(latest)
     if not Path(ckpt_path).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; give a .ckpt file, or `last`.")
     return ckpt_path

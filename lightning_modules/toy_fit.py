@@ -41,10 +41,5 @@ class ToyFit(LatentFit):
     def item_losses(self, rendered: dict, latents: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         image = batch["image"]  # [B, 3, S, S]
         assert rendered["render"].shape == image.shape, (rendered["render"].shape, image.shape)
-        return {
-            "mse": (rendered["render"] - image)
-            .pow(2)
-            .flatten(1)
-            .mean(1),  # mean over pixels of one item only
-            "latent_l2": self.latent_weight * latents.pow(2).sum(1),
-        }
+        mse = (rendered["render"] - image).pow(2).flatten(1).mean(1)  # over one item's pixels only
+        return {"mse": mse, "latent_l2": self.latent_weight * latents.pow(2).sum(1)}
