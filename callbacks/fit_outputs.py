@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from facelab.fit_records import FitRecords
+from facelab.fit.records import FitRecords
 
 
 class FitOutputs(pl.Callback):

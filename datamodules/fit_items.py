@@ -1,6 +1,6 @@
 """The items of a latent-fit job on this rank, and the data of one chunk of them.
 
-`FitItems` reads the manifest (`facelab.fit_manifest`), keeps this process's shard and loads items as the
+`FitItems` reads the manifest (`facelab.fit.manifest`), keeps this process's shard and loads items as the
 data contract's batch dicts. `ChunkData` feeds one chunk to a short `Trainer.fit`: the same batch at every
 step, since a latent search revisits its targets, not new samples.
 """
@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from facelab.fit_manifest import Columns, FitItem, read_manifest, resolve_shard
+from facelab.fit.manifest import Columns, FitItem, read_manifest, resolve_shard
 from facelab.io.images import IMAGE_EXTENSIONS, center_crop_resize, read_rgb, to_tensor
 
 

@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning.plugins.environments import LightningEnvironment, SLURMEnvironment
 from torch import nn
 
-from facelab.fit_records import item_seed
+from facelab.fit.records import item_seed
 
 
 class LatentFit(pl.LightningModule):

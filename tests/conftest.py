@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from facelab.cli import CONFIG_DIR
+from facelab.cli.common import CONFIG_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 REPO_ROOT = Path(__file__).resolve().parent.parent

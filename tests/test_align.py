@@ -10,7 +10,7 @@ import skimage.data
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from facelab.align_cli import align_main
+from facelab.cli.align import align_main
 from facelab.io.images import read_rgb, save_image
 from facelab.ops.align import (
     NoFaceFoundError,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from facelab.cli import run_inpaint, run_train
+from facelab.cli.train import run_inpaint, run_train
 from tests.conftest import TINY, compose_config
 
 # Debug configs drop every callback and set their own epochs: keep only the tiny sizes.
@@ -77,7 +77,7 @@ def test_init_from_a_mismatched_checkpoint_names_it(tiny_train_config, tmp_path)
 
 
 def test_switching_the_progress_bar_off_drops_the_rich_progress_bar(tmp_path):
-    from facelab.cli import _build_trainer
+    from facelab.cli.train import _build_trainer
 
     kept_bar = [o for o in TINY if o != "~callbacks.rich_progress_bar"]
     trainer = _build_trainer(compose_config("train", tmp_path, kept_bar))

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import inpaint_biharmonic
 
-from facelab.cli import run_eval, run_train
+from facelab.cli.train import run_eval, run_train
 from facelab.ops.masks import BUCKET_NAMES, bucket_index
 from tests.conftest import TINY, compose_config
 

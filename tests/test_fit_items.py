@@ -12,9 +12,9 @@ import torch
 
 from datamodules.fit_items import FitItems
 from datamodules.synthetic_faces import render_face
-from facelab.fit_manifest import Columns, ManifestError, Shard, read_manifest, resolve_shard
-from facelab.fit_progress import FitProgress
-from facelab.fit_records import FitRecords, chunk_key, item_seed
+from facelab.fit.manifest import Columns, ManifestError, Shard, read_manifest, resolve_shard
+from facelab.fit.progress import FitProgress
+from facelab.fit.records import FitRecords, chunk_key, item_seed
 from facelab.io.images import save_image
 
 

@@ -16,8 +16,8 @@ import torch
 from hydra.utils import instantiate
 
 from callbacks.fit_outputs import ChunkCheckpoint
-from facelab.fit_cli import run_fit
-from facelab.fit_records import FitRecords, chunk_key
+from facelab.fit.job import run_fit
+from facelab.fit.records import FitRecords, chunk_key
 from tests.conftest import compose_config
 from tests.test_fit_items import make_faces
 

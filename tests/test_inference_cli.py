@@ -13,9 +13,9 @@ import skimage.data
 import torch
 from PIL import Image
 
-import facelab.cli
+import facelab.cli.train
 from datamodules.synthetic_faces import render_face
-from facelab.cli import run_inpaint, run_train
+from facelab.cli.train import run_inpaint, run_train
 from facelab.io.masks import MaskFileError
 from facelab.ops.masks import procedural_mask
 from tests.conftest import TINY, compose_config
@@ -102,7 +102,7 @@ class WhiteFill(torch.nn.Module):
 
 
 def test_inpaint_reads_masks_with_the_shared_checks(tmp_path, monkeypatch):
-    monkeypatch.setattr(facelab.cli, "_load_checkpoint_model", lambda model_config, path: WhiteFill())
+    monkeypatch.setattr(facelab.cli.train, "_load_checkpoint_model", lambda model_config, path: WhiteFill())
     image_path, mask_path, image, hole = _write_pair(tmp_path / "in", 0)
     out = tmp_path / "result.png"
     _inpaint(tmp_path, "unused.ckpt", image_path, mask_path, out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facelab.cli import run_train
+from facelab.cli.train import run_train
 from facelab.cluster import hpc_checkpoints, latest_checkpoint
 
 # 16 training faces in batches of 4: 4 batches per epoch, 4 optimizer steps per batch.

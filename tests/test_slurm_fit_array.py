@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from facelab.fit_records import FitRecords, chunk_key
+from facelab.fit.records import FitRecords, chunk_key
 from tests.slurm_helpers import (
     CPU_ONLY,
     REPO_ROOT,

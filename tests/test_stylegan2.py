@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facelab.convert_cli import convert_main
+from facelab.cli.convert import convert_main
 from facelab.io.checkpoints import (
     CheckpointError,
     load_generator,

@@ -80,7 +80,7 @@ def test_optuna_sweep_runs_its_trials_and_reports_the_best(tmp_path):
 
 
 def test_an_unlogged_optimized_metric_is_an_error_naming_the_logged_ones():
-    from facelab.cli import _metric_value
+    from facelab.cli.train import _metric_value
 
     assert _metric_value({"val/psnr": 21.5}, "val/psnr") == 21.5
     assert _metric_value({"val/psnr": 21.5}, None) is None

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from facelab.cli import run_train
+from facelab.cli.train import run_train
 
 GENERATORS = {"shape": "shape_generator.", "inpaint": "inpaint_generator."}
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import wandb
 
-from facelab.cli import WANDB_RUN_ID_FILE, _prepare_wandb, run_train
+from facelab.cli.train import WANDB_RUN_ID_FILE, _prepare_wandb, run_train
 from facelab.io.run_id import persistent_run_id
 from tests.conftest import compose_config
 

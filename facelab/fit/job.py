@@ -1,6 +1,6 @@
-"""Entry point `facelab-fit`: a latent-fit job over a manifest (conf/fit.yaml).
+"""A latent-fit job over a manifest (conf/fit.yaml), as `facelab-fit` runs it.
 
-Thin on purpose: compose, instantiate (Lightning objects only through Hydra `_target_`s), then for this
+Compose, instantiate (Lightning objects only through Hydra `_target_`s), then for this
 process's shard loop over the items that have no done record, in chunks of `batch_size`, one short
 `Trainer.fit` per chunk. The chunk's callbacks write each item's outputs and done record.
 """
@@ -14,14 +14,13 @@ import time
 import warnings
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from facelab.cli import CONFIG_DIR, apply_extras, instantiate_all
+from facelab.cli.common import apply_extras, instantiate_all
 from facelab.cluster import Preempted, requeue_slurm_job, slurm_job_id
-from facelab.fit_progress import FitProgress
-from facelab.fit_records import FitRecords
+from facelab.fit.progress import FitProgress
+from facelab.fit.records import FitRecords
 
 log = logging.getLogger("facelab")
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
@@ -149,13 +148,3 @@ def _fit_chunk(
     records.finish_chunk(item_ids)
     progress.advance(len(chunk), time.perf_counter() - began)
     return "SIGTERM" if getattr(trainer, "received_sigterm", False) else ""
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fit")
-def fit_main(cfg: DictConfig) -> None:
-    """facelab-fit."""
-    run_fit(cfg)
-
-
-if __name__ == "__main__":
-    fit_main()

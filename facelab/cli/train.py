@@ -9,49 +9,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import hydra
 from hydra.utils import call, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from facelab.cluster import Preempted, latest_checkpoint, process_rank, slurm_job_id
+from facelab.cli.common import CONFIG_DIR, _without_hydra, apply_extras, instantiate_all
+from facelab.cluster import Preempted, latest_checkpoint, slurm_job_id
 from facelab.io.files import atomic_write_bytes
 from facelab.io.run_id import persistent_run_id
 
 log = logging.getLogger("facelab")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 WANDB_RUN_ID_FILE = "wandb_run_id"  # in the run directory
 
 
 def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
-
-
-def _without_hydra(cfg: DictConfig) -> DictConfig:
-    return OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # hydra's own node is noise
-
-
-def apply_extras(cfg: DictConfig) -> None:
-    extras = cfg.get("extras") or {}
-    if extras.get("ignore_warnings"):
-        warnings.filterwarnings("ignore")
-    if extras.get("print_config") and process_rank() == 0:  # once per job, not once per DDP rank
-        from rich.console import Console
-        from rich.syntax import Syntax
-
-        shown = OmegaConf.to_yaml(_without_hydra(cfg), resolve=True)
-        Console().print(Syntax(shown, "yaml", theme="ansi_dark"))
-
-
-def instantiate_all(group: DictConfig | None) -> list:
-    """Every entry of a callbacks/logger group that has a `_target_`."""
-    return [
-        instantiate(entry)
-        for entry in (group or {}).values()
-        if isinstance(entry, DictConfig) and "_target_" in entry
-    ]
 
 
 def _prepare_wandb(loggers: DictConfig | None, output_dir: Path) -> None:
