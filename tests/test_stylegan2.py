@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from facelab.cli.convert import convert_main
-from facelab.io.checkpoints import (
+from facelab.nets.stylegan2 import FullyConnectedLayer, Generator
+from facelab.nets.stylegan2_checkpoints import (
     CheckpointError,
     load_generator,
     nvlabs_to_rosinality,
     save_generator,
 )
-from facelab.nets.stylegan2 import FullyConnectedLayer, Generator
 from facelab.nets.stylegan2_ops import modulated_conv2d, setup_filter, upsample2d
 
 TINY = dict(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=32, mapping_layers=2)

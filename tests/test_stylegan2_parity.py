@@ -30,8 +30,8 @@ import pytest
 import torch
 import torch.utils.cpp_extension
 
-from facelab.io.checkpoints import load_generator, nvlabs_to_rosinality
 from facelab.nets.stylegan2 import Generator
+from facelab.nets.stylegan2_checkpoints import load_generator, nvlabs_to_rosinality
 
 TOLERANCE = 1e-4
 _SPEC = importlib.util.find_spec("draggan")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facelab.io.checkpoints import load_generator, save_generator
+from facelab.nets.stylegan2_checkpoints import load_generator, save_generator
 
 
 def convert_main(argv: list[str] | None = None) -> int:

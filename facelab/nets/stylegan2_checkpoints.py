@@ -7,7 +7,7 @@
   `_init_kwargs` (nested as in stylegan2-ada-pytorch, or flat as in the stylegan3 repo), the layers'
   `conv_clamp`, and the parameters and buffers.
 - rosinality checkpoints (`{"g_ema": ..., "latent_avg": ...}`, Barbershop's `ffhq.pt`) are renamed to
-  NVlabs keys (the inverse of the NVlabs -> rosinality export described in reference/framework.md §6.3).
+  NVlabs keys (the inverse of `nvlabs_to_rosinality`, the export `facelab-convert` writes).
 - The own format `{"format": "facelab-stylegan2", "config": {...}, "state_dict": {...}}` loads with
   `torch.load(weights_only=True)`.
 """
