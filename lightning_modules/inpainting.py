@@ -18,97 +18,115 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from facelab.io.checkpoints import load_checkpoint_dict
 from facelab.losses.adversarial import AdversarialLoss
 from facelab.losses.perceptual import PerceptualStyleLoss
 from facelab.nets.frozen import register_frozen
-from facelab.nets.inpaint import InpaintGenerator, PatchDiscriminator
 from facelab.nets.vgg import VGG16Features, vgg16_weights_path
 from facelab.ops.color import rgb_to_gray, to_unit_range
-from facelab.ops.guides import make_guide
 from facelab.ops.masks import composite, masked_input
+from lightning_modules.inpainting_stage import (
+    GANStage,
+    guide_from_config,
+    stages_for,
+    upgrade_hyperparameters,
+    upgrade_state_dict,
+)
 
 MODES = ("shape", "inpaint", "both", "cascade", "joint")
 VGG_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")  # the paper: VGG16 relu1_1..relu4_1
+MODEL_YAML = Path(__file__).resolve().parents[1] / "conf" / "model" / "inpainting.yaml"
 
 
 class GuidedInpainting(pl.LightningModule):
-    """Both stages, their GAN losses, validation metrics and the inference cascade."""
+    """Both stages, their GAN losses, validation metrics and the inference cascade. Every argument comes from
+    conf/model/inpainting.yaml (its defaults live there only); the networks and optimisers are `_target_`
+    configs that this module instantiates (`_recursive_: false`) because their channel counts follow from
+    the guide, and so that the checkpoint's hyper-parameters stay plain data that rebuild the model."""
 
     def __init__(
         self,
-        mode: str = "both",
-        guide: dict | None = None,
-        networks: dict | None = None,
-        losses: dict | None = None,
-        optim: dict | None = None,
-        hole_fill: float = 1.0,
-        init_from: str | None = None,
+        mode: str,
+        guide: dict,
+        networks: dict,  # sizes the stage configs interpolate; kept for the record
+        shape_stage: dict,  # {generator, discriminator}: `_target_` configs of stage 1's networks
+        inpaint_stage: dict,  # the same for stage 2
+        losses: dict,
+        optimizers: dict,  # {generator, discriminator}: `_target_` optimiser partials (`_partial_: true`)
+        hole_fill: float,
+        init_from: str | None,
+        channels_last: bool,
+        compile_generators: bool,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.guide = make_guide(**(guide or {"kind": "hog"}))
-        self.stages = self._stages_for(mode, self.guide.kind)
-        networks = dict(networks or {})
-        generator_options = {k: networks[k] for k in ("base_channels", "n_residual_blocks") if k in networks}
-        d_channels = networks.get("discriminator_channels", 64)
+        self.guide = guide_from_config(guide)
+        self.stage_names = stages_for(mode, self.guide.kind, MODES)
         channels = self.guide.channels
-        if "shape" in self.stages:
-            self.shape_generator = InpaintGenerator(
-                3 + channels + 1, channels, spectral_norm=True, output="sigmoid", **generator_options
+        self.shape_stage = self.inpaint_stage = None
+        if "shape" in self.stage_names:  # masked image + known guide + mask -> guide; D sees (gray, guide)
+            self.shape_stage = self._build_stage(
+                "shape", shape_stage, 3 + channels + 1, channels, 1 + channels
             )
-            self.shape_discriminator = PatchDiscriminator(1 + channels, d_channels)
-        self.inpaint_generator = None
-        if "inpaint" in self.stages:
-            self.inpaint_generator = InpaintGenerator(3 + channels + 1, 3, output="tanh", **generator_options)
-            self.inpaint_discriminator = PatchDiscriminator(3, d_channels)
-        self.loss_config = {
-            "gan": "nsgan",
-            "shape": {"l1": 1.0, "adversarial": 1.0},
-            "inpaint": {"l1": 1.0, "adversarial": 0.1, "perceptual": 0.1, "style": 250.0},
-            "vgg_weights": None,
-            **(losses or {}),
-        }
-        self.adversarial = AdversarialLoss(self.loss_config["gan"])
+        if "inpaint" in self.stage_names:  # masked image + guide + mask -> image; D sees the image
+            self.inpaint_stage = self._build_stage("inpaint", inpaint_stage, 3 + channels + 1, 3, 3)
+        self.adversarial = AdversarialLoss(losses["gan"])
         self.perceptual_style = None
-        self.optim_config = {"lr": 1e-4, "betas": (0.0, 0.9), "d2g_lr": 0.1, **(optim or {})}
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
-        self.val_psnr_masked = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
+        self.val_psnr_zero_fill = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        if channels_last:  # NHWC: what cuDNN's tensor-core convolutions read without a transpose
+            self.to(memory_format=torch.channels_last)
         if mode == "cascade":
-            self.shape_generator.requires_grad_(False)
-            self.shape_discriminator.requires_grad_(False)
+            self.shape_stage.requires_grad_(False)
             self.train()  # puts the frozen stage 1 in eval mode (see `train`)
 
-    # ----------------------------------------------------------------- structure
     @staticmethod
-    def _stages_for(mode: str, guide_kind: str) -> tuple[str, ...]:
-        if mode not in MODES:
-            raise ValueError(f"model.mode={mode!r}; choose one of {MODES}.")
-        if guide_kind == "none":
-            if mode in ("shape", "cascade", "joint"):
-                raise ValueError(
-                    f"model.mode={mode!r} needs a guide to predict, but model.guide.kind='none'. "
-                    "Use mode 'inpaint' or 'both' for plain inpainting."
-                )
-            return ("inpaint",)
-        return {"shape": ("shape",), "inpaint": ("inpaint",)}.get(mode, ("shape", "inpaint"))
+    def _build_stage(name: str, config: dict, g_in: int, g_out: int, d_in: int) -> GANStage:
+        generator = instantiate(config["generator"], in_channels=g_in, out_channels=g_out)
+        return GANStage(name, generator, instantiate(config["discriminator"], in_channels=d_in))
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def stages(self) -> list[GANStage]:
+        """The stages this model has, stage 1 first."""
+        return [stage for stage in (self.shape_stage, self.inpaint_stage) if stage is not None]
 
     @property
-    def trained_stages(self) -> tuple[str, ...]:
+    def trained_stages(self) -> list[GANStage]:
         """Stages whose weights this fit updates (cascade freezes stage 1)."""
-        return ("inpaint",) if self.hparams.mode == "cascade" else self.stages
+        return [self.inpaint_stage] if self.hparams.mode == "cascade" else self.stages
 
     def train(self, mode: bool = True):
         """As nn.Module.train, but a frozen stage 1 stays in eval mode: spectral norm's power iteration
         would otherwise keep changing its effective weights."""
         super().train(mode)
         if self.hparams.mode == "cascade":
-            self.shape_generator.eval()
-            self.shape_discriminator.eval()
+            self.shape_stage.eval()
         return self
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, strict: bool = True, **overrides):
+        """The model of a facelab-train checkpoint, of today's layout or of the one before the stages were
+        objects (`shape_generator.*` keys, `networks` / `optim` dicts). Read as data only (weights_only)."""
+        checkpoint = load_checkpoint_dict(checkpoint_path, map_location or "cpu", what="ckpt")
+        if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+            raise ValueError(
+                f"ckpt={str(checkpoint_path)!r} holds no state_dict / hyper_parameters: it is not a "
+                "checkpoint written by facelab-train (<run dir>/checkpoints/last.ckpt)."
+            )
+        hparams = upgrade_hyperparameters(dict(checkpoint["hyper_parameters"]), MODEL_YAML)
+        model = cls(**{**hparams, **overrides})
+        model.load_state_dict(upgrade_state_dict(checkpoint["state_dict"]), strict=strict)
+        return model
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed fit (ckpt_path=...) loads the state dict after this hook: rename an old checkpoint's keys.
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
 
     def load_stage_weights(self, path: str) -> None:
         """Warm start from another fit's checkpoint: copies every stage present in both."""
@@ -118,8 +136,8 @@ class GuidedInpainting(pl.LightningModule):
                 f"model.init_from={str(path)!r} does not exist; point it at a checkpoint (.ckpt) "
                 "of an earlier fit (e.g. mode=shape for cascade)."
             )
-        # weights_only: a checkpoint is data, never code to run
-        state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+        checkpoint = load_checkpoint_dict(path, "cpu", what="model.init_from")
+        state = upgrade_state_dict(checkpoint.get("state_dict", {}))
         own = self.state_dict()
         shared = {k: v for k, v in state.items() if k in own}
         mismatched = [k for k, v in shared.items() if v.shape != own[k].shape]
@@ -128,8 +146,8 @@ class GuidedInpainting(pl.LightningModule):
                 f"model.init_from={str(path)!r} does not fit this model (guide/network config differs). "
                 f"Shared keys: {len(shared)}; mismatched shapes: {mismatched[:10]}"
             )
-        if self.hparams.mode == "cascade" and not any(k.startswith("shape_generator.") for k in shared):
-            raise ValueError(f"mode=cascade needs stage-1 weights, but {path} has no shape_generator.* keys.")
+        if self.hparams.mode == "cascade" and not any(k.startswith("shape_stage.generator.") for k in shared):
+            raise ValueError(f"mode=cascade needs stage-1 weights, but {path} has no stage-1 generator keys.")
         self.load_state_dict(shared, strict=False)
 
     def setup(self, stage: str) -> None:
@@ -142,46 +160,54 @@ class GuidedInpainting(pl.LightningModule):
                 "mode=cascade trains stage 2 on a frozen stage 1: set model.init_from to the "
                 "checkpoint of a fit with mode=shape (or both)."
             )
-        weights = self.loss_config["inpaint"]
-        needs_vgg = "inpaint" in self.trained_stages and (weights["perceptual"] or weights["style"])
+        weights = self.hparams.losses["inpaint"]
+        needs_vgg = self.inpaint_stage in self.trained_stages and (weights["perceptual"] or weights["style"])
         if stage == "fit" and needs_vgg and self.perceptual_style is None:
-            vgg = VGG16Features(VGG_LAYERS, vgg16_weights_path(self.loss_config["vgg_weights"]))
+            vgg = VGG16Features(VGG_LAYERS, vgg16_weights_path(self.hparams.losses["vgg_weights"]))
             loss = PerceptualStyleLoss(vgg, VGG_LAYERS, VGG_LAYERS)
             self.perceptual_style = register_frozen(self, "perceptual_style", loss)
+            if self.hparams.channels_last:
+                self.perceptual_style.to(memory_format=torch.channels_last)
+        if stage == "fit" and self.hparams.compile_generators:
+            for gan_stage in self.trained_stages:  # compiled in place: state-dict keys stay as they are
+                gan_stage.generator.compile()
 
     def configure_optimizers(self):
-        """Adam for each trained stage's G and D, in the order `training_step` names them (g, d per stage);
-        D's learning rate is lr * d2g_lr (EdgeConnect's D2G_LR)."""
-        lr, betas = self.optim_config["lr"], tuple(self.optim_config["betas"])
-        optimizers = []
-        for stage in self.trained_stages:
-            for role, role_lr in (("generator", lr), ("discriminator", lr * self.optim_config["d2g_lr"])):
-                network = getattr(self, f"{stage}_{role}")
-                optimizers.append(torch.optim.Adam(network.parameters(), lr=role_lr, betas=betas))
-        return optimizers
+        """The generator and discriminator optimiser partials of the config, per trained stage, in the order
+        (stage 1 G, stage 1 D, stage 2 G, stage 2 D) that `training_step` and old checkpoints use."""
+        factories = self.hparams.optimizers
+        return [
+            instantiate(factories[role])(getattr(stage, role).parameters())
+            for stage in self.trained_stages
+            for role in ("generator", "discriminator")
+        ]
 
     # ----------------------------------------------------------------- forward
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
     def predict_guide(self, image_masked, known_guide, mask):  # [B,3,H,W], [B,C,h,w], [B,1,H,W]
-        """Stage 1: the whole guide, merged with the known cells (as EdgeConnect merges its edges)."""
+        """Stage 1: the whole guide, merged with the known cells (as EdgeConnect merges its edges).
+        `known_guide` may be the full image's guide: only its cells outside the hole are read."""
         size = tuple(image_masked.shape[-2:])
         guide_hole = self.guide.hole_mask(mask)  # [B, 1, h, w]
         known = known_guide * (1 - guide_hole)
-        raw = self.shape_generator(torch.cat([image_masked, self.guide.to_image_size(known, size), mask], 1))
-        predicted = self.guide.from_generator(raw)  # [B, C, h, w]
+        generator_input = torch.cat([image_masked, self.guide.to_image_size(known, size), mask], 1)
+        raw = self.shape_stage.generator(self._memory_format(generator_input))
+        predicted = self.guide.from_generator(raw.float())  # [B, C, h, w]
         return predicted, predicted * guide_hole + known
 
     def inpaint_image(self, image_masked, guide, mask):
         """Stage 2: the generator's raw output `[B, 3, H, W]` in [-1, 1]."""
         size = tuple(image_masked.shape[-2:])
-        return self.inpaint_generator(
-            torch.cat([image_masked, self.guide.to_image_size(guide, size), mask], 1)
-        )
+        generator_input = torch.cat([image_masked, self.guide.to_image_size(guide, size), mask], 1)
+        return self.inpaint_stage.generator(self._memory_format(generator_input)).float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, guide: torch.Tensor | None = None) -> dict:
         """The test-time cascade (`image` [B,3,H,W] in [-1,1], `mask` [B,1,H,W]): everything is computed
         from the masked image alone, unless a ground-truth `guide` is given (how mode=inpaint validates)."""
-        if self.inpaint_generator is None:
+        if self.inpaint_stage is None:
             raise ValueError(
                 "This checkpoint holds only stage 1 (mode=shape); inpainting needs a fit with "
                 "mode=both, joint or cascade."
@@ -190,7 +216,7 @@ class GuidedInpainting(pl.LightningModule):
         out = {"masked": image_masked}
         if guide is None:
             guide = self.guide.compute(image_masked)  # only its known cells are used
-            if "shape" in self.stages:
+            if self.shape_stage is not None:
                 out["guide_pred"], guide = self.predict_guide(image_masked, guide, mask)
             elif self.guide.channels:
                 raise ValueError(
@@ -212,49 +238,89 @@ class GuidedInpainting(pl.LightningModule):
             f"Non-finite {name} loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}; "
             "stopping before it reaches the weights. The last good checkpoint is "
             f"{checkpoint or '<run dir>/checkpoints'}/last.ckpt: resume with ckpt_path=last after lowering "
-            "model.optim.lr or checking the data."
+            "model.optimizers.generator.lr (and .discriminator.lr) or checking the data."
         )
 
-    def _step(self, optimizer, loss: torch.Tensor, name: str) -> None:
+    def _optimizer_step(self, optimizers: list, loss: torch.Tensor, name: str) -> None:
+        """One step of the D or the G side: finite check, backward through `loss`, step `optimizers`."""
         self._require_finite(name, loss)
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
+
+    def _optimizers_by_role(self) -> dict[str, dict[str, object]]:
+        """{"generator": {stage name: optimizer}, "discriminator": {...}} in `configure_optimizers`' order."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        pairs = iter(optimizers)
+        by_role = {"generator": {}, "discriminator": {}}
+        for stage in self.trained_stages:
+            by_role["generator"][stage.name] = next(pairs)
+            by_role["discriminator"][stage.name] = next(pairs)
+        return by_role
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         image, mask = batch["image"], batch["mask"]
-        optimizers = self.optimizers()
-        names = [f"{stage}_{role}" for stage in self.trained_stages for role in ("g", "d")]
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        optimizers = dict(zip(names, optimizers, strict=True))
+        optimizers = self._optimizers_by_role()
         image_masked = masked_input(image, mask, self.hparams.hole_fill)
-        gt_guide = self.guide.compute(image)
+        gt_guide = self.guide.compute(image)  # once per batch: stage 1's target and known cells, G_I's input
         logs, generator_total = {}, 0.0
+        trained = self.trained_stages
 
         guide_for_inpaint = gt_guide
-        if "shape" in self.stages:
-            with torch.set_grad_enabled("shape" in self.trained_stages):
+        if self.shape_stage is not None:
+            with torch.set_grad_enabled(self.shape_stage in trained):
                 predicted, merged = self.predict_guide(image_masked, gt_guide, mask)
             if self.hparams.mode in ("cascade", "joint"):
                 guide_for_inpaint = merged.detach() if self.hparams.mode == "cascade" else merged
-            if "shape" in self.trained_stages:
-                total, parts = self._shape_losses(image, mask, gt_guide, predicted, optimizers["shape_d"])
+            if self.shape_stage in trained:
+                real, fake = self._shape_pairs(image, gt_guide, predicted)
+                parts = {"l1": self._hole_l1(predicted, gt_guide, self.guide.hole_mask(mask))}
+                total, stage_logs = self._stage_losses(self.shape_stage, real, fake, parts, optimizers)
                 generator_total = generator_total + total
-                logs.update({f"train/shape_{k}": v for k, v in parts.items()})
-        if "inpaint" in self.stages:
+                logs.update(stage_logs)
+        if self.inpaint_stage is not None:
             pred = self.inpaint_image(image_masked, guide_for_inpaint, mask)
-            total, parts = self._inpaint_losses(image, mask, pred, optimizers["inpaint_d"])
+            parts = {"l1": self._hole_l1(pred, image, mask)}
+            if self.perceptual_style is not None:
+                parts["perceptual"], parts["style"] = self.perceptual_style(
+                    self._memory_format(pred), self._memory_format(image), mask
+                )
+            total, stage_logs = self._stage_losses(self.inpaint_stage, image, pred, parts, optimizers)
             generator_total = generator_total + total
-            logs.update({f"train/inpaint_{k}": v for k, v in parts.items()})
+            logs.update(stage_logs)
 
-        self._require_finite("generator", generator_total)
-        generator_optimizers = [o for name, o in optimizers.items() if name.endswith("_g")]
-        for optimizer in generator_optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(generator_total)
-        for optimizer in generator_optimizers:
-            optimizer.step()
-        batch_size = image.shape[0]
+        self._optimizer_step(list(optimizers["generator"].values()), generator_total, "generator")
+        self._log_training(logs, generator_total, image.shape[0])
+
+    def _shape_pairs(self, image, gt_guide, predicted):
+        """D_H's real and fake inputs: the gray image beside the true or the predicted guide."""
+        size = tuple(image.shape[-2:])
+        gray = rgb_to_gray(image)
+        real = torch.cat([gray, self.guide.to_image_size(gt_guide, size)], 1)
+        fake = torch.cat([gray, self.guide.to_image_size(predicted, size)], 1)
+        return self._memory_format(real), self._memory_format(fake)
+
+    @staticmethod
+    def _hole_l1(pred, target, hole):
+        """Mean absolute error divided by the hole fraction: EdgeConnect's L1, which weighs the hole."""
+        return (pred - target).abs().mean() / hole.mean().clamp_min(1e-3)
+
+    def _stage_losses(self, stage: GANStage, real, fake, parts: dict, optimizers: dict):
+        """The stage's D step, then its generator's weighted loss (its L1 and VGG `parts` plus the adversarial
+        term). Returns (weighted total, detached parts for logging)."""
+        d_loss = stage.discriminator_loss(self.adversarial, real, fake)
+        self._optimizer_step([optimizers["discriminator"][stage.name]], d_loss, f"{stage.name} discriminator")
+        parts = {**parts, "adversarial": stage.generator_adversarial(self.adversarial, fake)}
+        weights = self.hparams.losses[stage.name]
+        # Summed in the YAML's order (l1, adversarial, perceptual, style), whatever the order computed in.
+        total = sum(weights[name] * parts[name] for name in weights if name in parts)
+        logs = {f"train/{stage.name}_g_{k}": v.detach() for k, v in parts.items()}
+        return total, {**logs, f"train/{stage.name}_d_adversarial": d_loss.detach()}
+
+    def _log_training(self, logs: dict, generator_total: torch.Tensor, batch_size: int) -> None:
         # Step values are this rank's; epoch means are over all ranks, synced once at the epoch's end.
         self.log_dict(
             {f"{k}_step": v for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=batch_size
@@ -268,74 +334,41 @@ class GuidedInpainting(pl.LightningModule):
         )
         self.log("train/g_total", generator_total.detach(), prog_bar=True, batch_size=batch_size)
 
-    def _shape_losses(self, image, mask, gt_guide, predicted, d_optimizer):
-        """D_H step, then G_H's loss: L1 in the hole + adversarial, 1:1 (the paper)."""
-        weights, size = self.loss_config["shape"], tuple(image.shape[-2:])
-        gray = rgb_to_gray(image)
-        real = torch.cat([gray, self.guide.to_image_size(gt_guide, size)], 1)
-        fake = torch.cat([gray, self.guide.to_image_size(predicted, size)], 1)
-        d_loss = self.adversarial.discriminator(
-            self.shape_discriminator(real)[0], self.shape_discriminator(fake.detach())[0]
-        )
-        self._step(d_optimizer, d_loss, "shape discriminator")
-        hole_fraction = self.guide.hole_mask(mask).mean().clamp_min(1e-3)
-        parts = {
-            "l1": (predicted - gt_guide).abs().mean() / hole_fraction,  # normalised as EdgeConnect's L1
-            "adversarial": self.adversarial.generator(self.shape_discriminator(fake)[0]),
-        }
-        return self._weighted(parts, weights, d_loss)
-
-    @staticmethod
-    def _weighted(parts: dict, weights: dict, d_loss: torch.Tensor):
-        """(weighted generator total, detached parts for logging)."""
-        total = sum(weights[name] * value for name, value in parts.items())
-        return total, {**{f"g_{k}": v.detach() for k, v in parts.items()}, "d_adversarial": d_loss.detach()}
-
-    def _inpaint_losses(self, image, mask, pred, d_optimizer):
-        """D_I step, then G_I's loss: L1 + adversarial + perceptual + style (EdgeConnect's weights)."""
-        weights = self.loss_config["inpaint"]
-        d_loss = self.adversarial.discriminator(
-            self.inpaint_discriminator(image)[0], self.inpaint_discriminator(pred.detach())[0]
-        )
-        self._step(d_optimizer, d_loss, "inpaint discriminator")
-        parts = {
-            "l1": (pred - image).abs().mean() / mask.mean().clamp_min(1e-3),
-            "adversarial": self.adversarial.generator(self.inpaint_discriminator(pred)[0]),
-        }
-        if self.perceptual_style is not None:
-            parts["perceptual"], parts["style"] = self.perceptual_style(pred, image, mask)
-        return self._weighted(parts, weights, d_loss)
-
     # ----------------------------------------------------------------- evaluation
+    def _evaluate_guide(self, image, mask, prefix: str) -> dict:
+        """mode=shape: score the predicted guide in the hole."""
+        size = tuple(image.shape[-2:])
+        image_masked = masked_input(image, mask, self.hparams.hole_fill)
+        gt_guide = self.guide.compute(image)
+        # The masked image's guide equals the full image's outside the (dilated) hole, the only cells read.
+        predicted, merged = self.predict_guide(image_masked, gt_guide, mask)
+        hole = self.guide.hole_mask(mask)
+        l1 = ((predicted - gt_guide).abs() * hole).sum() / (hole.sum() * predicted.shape[1]).clamp_min(1)
+        self.log(f"{prefix}/guide_l1", l1, batch_size=image.shape[0], sync_dist=True)
+        return {
+            "masked": image_masked,
+            "guide": self.guide.render(merged, size),
+            "guide_gt": self.guide.render(gt_guide, size),
+            "image": image,
+        }
+
     def _evaluate(self, batch: dict, prefix: str) -> dict:
         image, mask = batch["image"], batch["mask"]
-        size = tuple(image.shape[-2:])
-        if "inpaint" not in self.stages:  # mode=shape: score the guide alone
-            image_masked = masked_input(image, mask, self.hparams.hole_fill)
-            gt_guide = self.guide.compute(image)
-            predicted, merged = self.predict_guide(image_masked, self.guide.compute(image_masked), mask)
-            hole = self.guide.hole_mask(mask)
-            l1 = ((predicted - gt_guide).abs() * hole).sum() / (hole.sum() * predicted.shape[1]).clamp_min(1)
-            self.log(f"{prefix}/guide_l1", l1, batch_size=image.shape[0], sync_dist=True)
-            return {
-                "masked": image_masked,
-                "guide": self.guide.render(merged, size),
-                "guide_gt": self.guide.render(gt_guide, size),
-                "image": image,
-            }
+        if self.inpaint_stage is None:
+            return self._evaluate_guide(image, mask, prefix)
         ground_truth_guide = (
-            self.guide.compute(image) if self.stages == ("inpaint",) and self.guide.channels else None
+            self.guide.compute(image) if self.shape_stage is None and self.guide.channels else None
         )
         out = self.inpaint(image, mask, ground_truth_guide)
         unit_composite, unit_image = to_unit_range(out["composite"]), to_unit_range(image)
         self.val_psnr(unit_composite, unit_image)
         self.val_ssim(unit_composite, unit_image)
         zero_filled = composite(torch.zeros_like(image), image, mask)  # the floor any model must beat
-        self.val_psnr_masked(to_unit_range(zero_filled), unit_image)
+        self.val_psnr_zero_fill(to_unit_range(zero_filled), unit_image)
         batch_size = image.shape[0]
         self.log(f"{prefix}/psnr", self.val_psnr, batch_size=batch_size, prog_bar=True)
         self.log(f"{prefix}/ssim", self.val_ssim, batch_size=batch_size)
-        self.log(f"{prefix}/psnr_zero_fill", self.val_psnr_masked, batch_size=batch_size)
+        self.log(f"{prefix}/psnr_zero_fill", self.val_psnr_zero_fill, batch_size=batch_size)
         visuals = {
             "masked": out["masked"],
             "pred": out["pred"],
@@ -343,7 +376,7 @@ class GuidedInpainting(pl.LightningModule):
             "image": image,
         }
         if self.guide.channels:
-            visuals["guide"] = self.guide.render(out["guide"], size)
+            visuals["guide"] = self.guide.render(out["guide"], tuple(image.shape[-2:]))
         return visuals
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:

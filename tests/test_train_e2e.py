@@ -10,7 +10,7 @@ import torch
 
 from facelab.cli.train import run_train
 
-GENERATORS = {"shape": "shape_generator.", "inpaint": "inpaint_generator."}
+GENERATORS = {"shape": "shape_stage.generator.", "inpaint": "inpaint_stage.generator."}
 
 
 def _checkpoint(run_dir, name="last.ckpt"):
@@ -72,9 +72,9 @@ def test_cascade_freezes_stage_one_and_trains_stage_two(tiny_train_config, tmp_p
     )
     cascade_weights = _checkpoint(cascade_dir)["state_dict"]
     for key, value in shape_weights.items():
-        if key.startswith("shape_generator."):
+        if key.startswith("shape_stage.generator."):
             assert torch.equal(cascade_weights[key], value), f"{key} must stay frozen in cascade mode"
-    assert any(k.startswith("inpaint_generator.") for k in cascade_weights)
+    assert any(k.startswith("inpaint_stage.generator.") for k in cascade_weights)
 
 
 @pytest.mark.slow
