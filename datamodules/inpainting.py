@@ -124,6 +124,19 @@ class InpaintingDataset(Dataset):
         return {"image": image, "mask": mask, "meta": meta}
 
 
+def _check_loader_settings(batch_size, eval_batch_size, num_workers) -> None:
+    """Config errors naming the key, before torch's sampler meets a batch size it cannot use."""
+    for key, value, lowest in (
+        ("data.batch_size", batch_size, 1),
+        ("data.eval_batch_size", eval_batch_size, 1),
+        ("data.num_workers", num_workers, 0),
+    ):
+        if value is None and key == "data.eval_batch_size":
+            continue  # null: the training batch size
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ValueError(f"{key}={value!r}: must be an integer >= {lowest}.")
+
+
 class InpaintingDataModule(pl.LightningDataModule):
     """Faces from a source (`datamodules.faces`) paired with masks from a mask source."""
 
@@ -139,6 +152,7 @@ class InpaintingDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        _check_loader_settings(batch_size, eval_batch_size, num_workers)
         self.faces, self.masks, self.seed = faces, masks, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.flip = num_workers, pin_memory, flip

@@ -82,6 +82,24 @@ def inpaint_array(
     return np.where(hole[..., None], pred, image)
 
 
+def warn_if_mask_is_uniform(hole: np.ndarray, mask_path: Path, white_is_hole: bool) -> None:
+    """A mask that is all hole or all known is almost always the other polarity (or the wrong file)."""
+    if hole.any() and not hole.all():
+        return
+    colour = "black" if hole.any() != white_is_hole else "white"
+    flipped = str(not white_is_hole).lower()
+    effect = (
+        "no pixel is a hole, so the output is the input unchanged"
+        if not hole.any()
+        else "every pixel is a hole, so nothing of the image is kept and the output is made up"
+    )
+    log.warning(
+        "mask %s is all %s: with mask_white_is_hole=%s %s. If your masks mark the hole in the other colour "
+        "(inverted polarity), rerun with mask_white_is_hole=%s.",
+        mask_path, colour, str(white_is_hole).lower(), effect, flipped,
+    )
+
+
 def inpaint_files(
     model,
     image: str | Path,
@@ -101,6 +119,7 @@ def inpaint_files(
         # read_mask checks that the file is a binary mask of the image's size (1 = hole, cut at half grey).
         shape = pixels.shape[:2]
         hole = read_mask(mask_path, white_is_hole, required_shape=shape, shape_of=f"image {image_path}") > 0.5
+        warn_if_mask_is_uniform(hole, mask_path, white_is_hole)
         result = inpaint_array(model, pixels, hole, size, device)
         target = out if single and out.suffix.lower() in IMAGE_EXTENSIONS else out / f"{image_path.stem}.png"
         save_image(result, target)

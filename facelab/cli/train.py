@@ -148,9 +148,13 @@ def _callback_configs(cfg: DictConfig) -> dict:
 def _load_checkpoint_model(model_config: DictConfig, path: str):
     """Instantiate `model_config` (a `load_from_checkpoint` target); a file of another kind is an error
     naming it rather than a KeyError from deep inside Lightning."""
+    from facelab.io.checkpoints import UnreadableCheckpointError
+
     _check_checkpoint(path)
     try:
         return instantiate(model_config)
+    except UnreadableCheckpointError:
+        raise  # names the file already, and withholds torch's advice to unpickle it as code
     except Exception as error:
         raise ValueError(
             f"ckpt={path!r} could not be loaded as a facelab inpainting checkpoint ({type(error).__name__}: "
@@ -158,10 +162,23 @@ def _load_checkpoint_model(model_config: DictConfig, path: str):
         ) from error
 
 
+def _set_float32_precision(cfg: DictConfig) -> None:
+    """`float32_matmul_precision`: highest (true float32) | high (TF32 matmuls and cuDNN convolutions on
+    Ampere and later GPUs) | medium. A process-wide torch setting, hence here and not in the module."""
+    import torch
+
+    precision = cfg.get("float32_matmul_precision") or "highest"
+    if precision not in ("highest", "high", "medium"):
+        raise ValueError(f"float32_matmul_precision={precision!r}; choose highest, high or medium.")
+    torch.set_float32_matmul_precision(precision)
+    torch.backends.cudnn.allow_tf32 = precision != "highest"
+
+
 def run_train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) the configured model; returns `optimized_metric` for sweepers."""
     apply_extras(cfg)
     _seed(cfg)
+    _set_float32_precision(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _convert_="all")
     trainer = _build_trainer(cfg)
