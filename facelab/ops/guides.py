@@ -60,7 +60,9 @@ class HOGGuide(Guide):
         self.channels = orientations
 
     def compute(self, images: torch.Tensor) -> torch.Tensor:
-        cells = hog_cells(to_unit_range(images), self.orientations, self.pixels_per_cell)
+        # Float32 even under autocast: orientation binning of small gradients is where bf16 would go wrong.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            cells = hog_cells(to_unit_range(images.float()), self.orientations, self.pixels_per_cell)
         return cells.div(math.sqrt(2.0)).clamp(0, 1).sqrt()  # [B, orientations, H/ppc, W/ppc]
 
     def _cell_grid(self, height: int, width: int) -> tuple[int, int]:
