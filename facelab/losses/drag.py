@@ -33,7 +33,7 @@ def _grid_coordinates(indices: torch.Tensor, image_size: int, disc_grid: str) ->
     return grid[indices.clamp(0, image_size - 1)]
 
 
-def _disc(rows: torch.Tensor, cols: torch.Tensor, center: torch.Tensor, radius: int, image_size: int,
+def motion_disc(rows: torch.Tensor, cols: torch.Tensor, center: torch.Tensor, radius: int, image_size: int,
           disc_grid: str) -> torch.Tensor:
     """Membership of pixels (rows [..., K, 1], cols [..., 1, K]) in the disc around center [..., 2]."""
     grid_rows = _grid_coordinates(rows, image_size, disc_grid)
@@ -69,7 +69,8 @@ def motion_supervision_loss(
     offsets = torch.arange(-half, half + 1, device=features.device)
     rows = (handle_points[..., 0:1].long() + offsets)[..., :, None]  # [B, N, K, 1]
     cols = (handle_points[..., 1:2].long() + offsets)[..., None, :]  # [B, N, 1, K]
-    disc = _disc(rows, cols, handle_points, disc_radius, image_size, disc_grid) & active[..., None, None]
+    disc = motion_disc(rows, cols, handle_points, disc_radius, image_size, disc_grid)
+    disc = disc & active[..., None, None]  # [B, N, K, K]
     # F(q + d) for every window pixel q: a bilinear sample of the window (zero outside the image, as
     # grid_sample's zero padding on the full map), at window coordinates normalised for align_corners=True.
     local = torch.arange(size, device=features.device, dtype=torch.float32)
@@ -94,8 +95,8 @@ def motion_supervision_loss_full(resized: torch.Tensor, handle_points: torch.Ten
     pixels = torch.arange(image_size, device=resized.device)
     losses = [resized.new_zeros(()) for _ in range(resized.shape[0])]
     for item, point in zip(*torch.nonzero(active, as_tuple=True), strict=True):
-        disc = _disc(pixels[:, None], pixels[None, :], handle_points[item, point], disc_radius, image_size,
-                     disc_grid)
+        disc = motion_disc(pixels[:, None], pixels[None, :], handle_points[item, point], disc_radius,
+                           image_size, disc_grid)
         disc_rows, disc_cols = torch.where(disc)
         dy, dx = direction[item, point]
         grid_y = (disc_rows + dy) / (image_size - 1) * 2 - 1
