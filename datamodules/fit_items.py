@@ -1,17 +1,16 @@
-"""The items of a latent-fit job on this rank, and the data of one chunk of them.
+"""The items of a latent-fit job on this rank, loaded as the data contract's batch dicts.
 
-`FitItems` reads the manifest (`facelab.fit.manifest`), keeps this process's shard and loads items as the
-data contract's batch dicts. `ChunkData` feeds one chunk to a short `Trainer.fit`: the same batch at every
-step, since a latent search revisits its targets, not new samples.
+`FitItems` reads the manifest (`facelab.fit.manifest`), keeps this process's shard and loads items: image
+columns as `[3, S, S]` tensors in [-1, 1], `.pt` columns (e.g. latents saved by another job) as the
+tensors they hold. A chunk's batch goes to the module explicitly (`LatentFit.begin_stage`): a latent search
+revisits its targets at every step, so no dataloader streams samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from facelab.fit.manifest import Columns, FitItem, read_manifest, resolve_shard
 from facelab.io.images import IMAGE_EXTENSIONS, center_crop_resize, read_rgb, to_tensor
@@ -34,14 +33,20 @@ class FitItems:
         self.shard = resolve_shard(shard_rank, shard_world)
         self.items = self.shard.select(self.all_items)
 
+    def load_image(self, path: str) -> torch.Tensor:
+        """One image file as `[3, S, S]` in [-1, 1] (centre-cropped to a square, resized to `image_size`)."""
+        return to_tensor(center_crop_resize(read_rgb(path), self.image_size).copy())  # copy: writable
+
     def load(self, item: FitItem) -> dict:
-        """One item: image-file columns as `[3, S, S]` tensors in [-1, 1], everything else in `meta`."""
+        """One item: image columns as tensors, `.pt` columns as their tensors, everything else in `meta`."""
         sample, meta = {}, {"item_id": item.item_id}
         for key, value in item.values.items():
-            if key in self.columns.paths and str(value).lower().endswith(IMAGE_EXTENSIONS):
-                sample[key] = to_tensor(
-                    center_crop_resize(read_rgb(value), self.image_size).copy()
-                )  # writable
+            is_path = key in self.columns.paths
+            if is_path and str(value).lower().endswith(IMAGE_EXTENSIONS):
+                sample[key] = self.load_image(value)
+                meta[f"{key}_path"] = value
+            elif is_path and str(value).lower().endswith(".pt"):
+                sample[key] = load_tensor_file(value, f"{item.source}: {key}")
                 meta[f"{key}_path"] = value
             else:
                 meta[key] = value
@@ -53,32 +58,17 @@ class FitItems:
         batch["meta"] = {key: [s["meta"].get(key) for s in samples] for key in samples[0]["meta"]}
         return batch
 
-    def chunk(self, items: Sequence[FitItem], steps: int) -> ChunkData:
-        return ChunkData(self.collate([self.load(item) for item in items]), steps)
+    def batch(self, items: Sequence[FitItem]) -> dict:
+        """The batch dict of `items`."""
+        return self.collate([self.load(item) for item in items])
 
 
-class _RepeatedBatch(Dataset):
-    def __init__(self, batch: dict, steps: int):
-        self.batch, self.steps = batch, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int) -> dict:
-        return self.batch
-
-
-class ChunkData(pl.LightningDataModule):
-    """One chunk's batch, `steps` times per epoch (`batch` is also read by the module to size its latents)."""
-
-    def __init__(self, batch: dict, steps: int):
-        super().__init__()
-        self.batch, self.steps = batch, steps
-
-    @property
-    def item_ids(self) -> list[str]:
-        return list(self.batch["meta"]["item_id"])
-
-    def train_dataloader(self) -> DataLoader:
-        # batch_size=None: each "sample" already is the whole chunk's batch
-        return DataLoader(_RepeatedBatch(self.batch, self.steps), batch_size=None, shuffle=False)
+def load_tensor_file(path: str, where: str) -> torch.Tensor:
+    """A tensor saved with torch.save (e.g. another job's `latent.pt`), read without running pickled code."""
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{where}: {path} is not a readable tensor file ({error}).") from error
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{where}: {path} holds a {type(value).__name__}, not a tensor.")
+    return value

@@ -163,27 +163,36 @@ def test_fit_items_load_this_shards_images_at_the_fit_size(tmp_path):
     make_faces(tmp_path / "faces", 5)
     items = FitItems(str(tmp_path / "faces"), image_size=16, shard_rank=1, shard_world=2)
     assert [item.item_id for item in items.items] == ["face1", "face3"]
-    chunk = items.chunk(items.items, steps=3)
-    assert chunk.batch["image"].shape == (2, 3, 16, 16) and chunk.item_ids == ["face1", "face3"]
-    assert -1 <= chunk.batch["image"].min() < chunk.batch["image"].max() <= 1
-    batches = list(chunk.train_dataloader())
-    assert len(batches) == 3 and all(torch.equal(b["image"], chunk.batch["image"]) for b in batches)
+    batch = items.batch(items.items)
+    assert batch["image"].shape == (2, 3, 16, 16) and batch["meta"]["item_id"] == ["face1", "face3"]
+    assert -1 <= batch["image"].min() < batch["image"].max() <= 1
+    assert torch.equal(batch["image"][1], items.load_image(str(tmp_path / "faces" / "face3.png")))
 
 
 def test_item_seeds_and_chunk_keys_depend_on_content_only():
     assert item_seed(0, "a") == item_seed(0, "a") != item_seed(0, "b") != item_seed(1, "b")
     assert chunk_key(["a", "b"]) == chunk_key(["a", "b"]) != chunk_key(["b", "a"])
+    assert chunk_key(["a", "b"], "embed") != chunk_key(["a", "b"], "blend")
 
 
 def test_records_outputs_then_done_and_count_attempts(tmp_path):
     records = FitRecords(tmp_path)
     records.log_event("start", ["a", "b"])
-    records.log_event("start", ["b"])
-    image, latent = torch.zeros(3, 8, 8), torch.arange(4.0)
-    files = records.write_outputs("b", {"render": image, "latents": latent}, image_names=["render"])
+    records.log_event("start", ["b"], stage="blend")
+    assert records.start_counts("blend") == {"b": 1} and records.start_counts("fit") == {}
+    image, latent, mask = torch.zeros(3, 8, 8), torch.arange(4.0), torch.ones(1, 8, 8)
+    outputs = {"render": image, "latents": latent, "mask": mask}
+    files = records.write_stage_outputs("b", "fit", outputs, image_names=["render", "mask"])
+    assert not records.is_stage_done("b", "fit")
+    with pytest.raises(FileNotFoundError, match="no record of stage 'fit'"):
+        records.read_stage_outputs("b", "fit")
+    records.write_curves("b", "fit", [{"item_id": "b", "step": 0, "mse": 0.5}, {"item_id": "b", "step": 1,
+                                                                              "mse": 0.25}])
+    records.write_stage_done("b", "fit", {"outputs": files})
     records.write_done("b", {"losses": {"mse": 0.5}, "attempt": records.start_counts()["b"]})
-    assert files == ["items/b/render.png", "items/b/latents.pt"]
-    assert torch.equal(torch.load(tmp_path / "items/b/latents.pt"), latent)
+    assert files == ["items/b/fit/render.png", "items/b/fit/latents.pt", "items/b/fit/mask.png"]
+    assert torch.equal(records.read_stage_outputs("b", "fit")["latents"], latent)
+    assert (tmp_path / "items/b/fit/curves.csv").read_text() == "step,mse\n0,0.5\n1,0.25\n"
     assert records.done_ids() == {"b"} and records.is_done("b") and not records.is_done("a")
     assert (
         records.read_record("b")["attempt"] == 2

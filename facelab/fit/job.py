@@ -7,6 +7,7 @@ process's shard loop over the items that have no done record, in chunks of `batc
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -17,10 +18,13 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from facelab.cli.common import apply_extras, instantiate_all
+from facelab.cli.common import apply_extras
 from facelab.cluster import Preempted, requeue_slurm_job, slurm_job_id
+from facelab.fit.cache import StageCache
 from facelab.fit.progress import FitProgress
 from facelab.fit.records import FitRecords
+from facelab.fit.stages import run_image_stage, run_item_stage
+from facelab.io.files import user_cache_dir
 
 log = logging.getLogger("facelab")
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
@@ -47,9 +51,10 @@ def run_fit(cfg: DictConfig) -> dict:
     apply_extras(cfg)
     items = instantiate(cfg.data)
     records = FitRecords(cfg.output_dir)
-    done = records.done_ids()
+    done = set() if cfg.get("only_stage") else records.done_ids()  # one stage is rerun for every item
     todo = [item for item in items.items if item.item_id not in done]
     shard, skipped = items.shard, len(items.items) - len(todo)
+    records.context = {"rank": shard.rank, "world": shard.world}
     label = f"shard {shard.rank}/{shard.world}"
     counts = (len(items.items), len(items.all_items), skipped)
     log.info("%s (%s): %d of %d items, %d done before.", label, shard.source, *counts)
@@ -107,44 +112,48 @@ def _fit_items(cfg: DictConfig, items, records: FitRecords, todo: list, label: s
     all_ids = {item.item_id for item in items.all_items}
     overall_done = lambda: len(records.done_ids() & all_ids)  # noqa: E731
     progress = FitProgress(label, len(items.items), skipped, len(all_ids), overall_done, cfg.progress)
+    cache = StageCache(cfg.cache_dir or user_cache_dir("fit")) if getattr(module, "image_stages", ()) else None
     with progress, _SignalBetweenChunks() as between_chunks:
         for start in range(0, len(todo), cfg.batch_size):
             stopped = between_chunks.stop_now()
             if not stopped:
-                stopped = _fit_chunk(
-                    cfg, module, items, records, todo[start : start + cfg.batch_size], progress
-                )
+                chunk = todo[start : start + cfg.batch_size]
+                stopped = _fit_chunk(cfg, module, items, records, cache, chunk, progress)
             if stopped:
                 log.warning("%s: stopped by a signal (%s). A rerun continues from here.", label, stopped)
                 return
 
 
-def _fit_chunk(
-    cfg: DictConfig, module, items, records: FitRecords, chunk: list, progress: FitProgress
-) -> str:
-    """One `Trainer.fit` on `chunk` (resumed from its checkpoint if a previous run was cut off); returns why
-    the process must stop now, or "" to go on."""
-    item_ids = [item.item_id for item in chunk]
-    resume = records.resume_checkpoint(item_ids, cfg.steps)
-    shard = items.shard
-    records.log_event("start", item_ids, rank=shard.rank, world=shard.world, resume=resume)
-    trainer = instantiate(
-        cfg.trainer,
-        default_root_dir=str(records.chunk_dir(item_ids)),  # where a preemption's hpc_ckpt_N.ckpt goes
-        callbacks=instantiate_all(cfg.get("callbacks")),
-        _convert_="all",
-    )
+def _fit_chunk(cfg: DictConfig, module, items, records: FitRecords, cache, chunk: list, progress) -> str:
+    """Every stage of `chunk`, each item from its first unrecorded stage (a stage cut off mid-way resumes
+    from its chunk checkpoint); returns why the process must stop now, or "" to go on."""
     began = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=items.chunk(chunk, cfg.steps), ckpt_path=resume)
-    except Preempted as preempted:  # saved mid-chunk; the requeued task (or a rerun) resumes from it
-        return str(preempted)
-    missing = [item_id for item_id in item_ids if not records.is_done(item_id)]
-    if missing:
-        raise RuntimeError(
-            f"The fit of {item_ids} ended without done records for {missing}: the config's callbacks must "
-            "include callbacks.fit_outputs (FitOutputs), which writes them."
-        )
-    records.finish_chunk(item_ids)
+    only = cfg.get("only_stage")
+    if only is not None and only not in module.stage_names:
+        raise ValueError(f"only_stage={only!r}: this method's stages are {module.stage_names}.")
+    image_stages = getattr(module, "image_stages", ())
+    for stage in [only] if only else module.stage_names:
+        try:
+            if stage in image_stages:
+                run_image_stage(cfg, module, items, records, cache, stage, chunk, rerun=bool(only))
+            else:
+                run_item_stage(cfg, module, items, records, stage, chunk, rerun=bool(only))
+        except Preempted as preempted:  # saved mid-stage; the requeued task (or a rerun) resumes from it
+            return str(preempted)
+        if getattr(module, "received_sigterm", False):
+            return "SIGTERM"
+    if only:
+        return ""
+    for item in chunk:
+        stage_records = {s: json.loads(records.stage_record_path(item.item_id, s).read_text())
+                         for s in module.stage_names}
+        records.write_done(item.item_id, {
+            "stages": module.stage_names,
+            "steps": {s: r.get("steps", 0) for s, r in stage_records.items()},
+            "losses": {s: r.get("losses", {}) for s, r in stage_records.items()},
+            "attempt": max([records.start_counts(s)[item.item_id] for s in module.stage_names] + [1]),
+            "outputs": [f for r in stage_records.values() for f in r.get("outputs", [])],
+        })
+        records.log_event("done", [item.item_id])
     progress.advance(len(chunk), time.perf_counter() - began)
-    return "SIGTERM" if getattr(trainer, "received_sigterm", False) else ""
+    return ""
