@@ -112,7 +112,8 @@ def _fit_items(cfg: DictConfig, items, records: FitRecords, todo: list, label: s
     all_ids = {item.item_id for item in items.all_items}
     overall_done = lambda: len(records.done_ids() & all_ids)  # noqa: E731
     progress = FitProgress(label, len(items.items), skipped, len(all_ids), overall_done, cfg.progress)
-    cache = StageCache(cfg.cache_dir or user_cache_dir("fit")) if getattr(module, "image_stages", ()) else None
+    has_image_stages = bool(getattr(module, "image_stages", ()))
+    cache = StageCache(cfg.cache_dir or user_cache_dir("fit")) if has_image_stages else None
     with progress, _SignalBetweenChunks() as between_chunks:
         for start in range(0, len(todo), cfg.batch_size):
             stopped = between_chunks.stop_now()

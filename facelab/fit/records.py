@@ -186,7 +186,9 @@ def curves_csv(rows: list[dict]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def write_tensors(folder: Path, outputs: Mapping[str, torch.Tensor], image_names: Iterable[str]) -> list[Path]:
+def write_tensors(
+    folder: Path, outputs: Mapping[str, torch.Tensor], image_names: Iterable[str]
+) -> list[Path]:
     """Tensors into `folder`: names in `image_names` as PNG, the others as .pt; each written atomically."""
     written, image_names = [], set(image_names)
     for name, tensor in outputs.items():

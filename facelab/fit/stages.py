@@ -137,7 +137,7 @@ def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: 
     if missing:
         batch = {"image": torch.stack([items.load_image(paths[key]) for key in missing]),
                  "meta": {"item_id": list(missing), "image_path": [paths[key] for key in missing]}}
-        batch["previous"] = _cached_previous(module, cache, stage, missing)
+        batch["previous"] = _cached_previous(module, cache, stage, [paths[key] for key in missing])
         result = fit_stage(cfg, module, records, stage, batch, missing)
         for index, key in enumerate(missing):
             tensors = {name: value[index] for name, value in result["outputs"].items()}
@@ -152,7 +152,8 @@ def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: 
         for column in module.image_columns:
             tensors = cache.read(keys[item.item_id, column], stage)
             if tensors is None:
-                raise RuntimeError(f"Cache entry of {paths[keys[item.item_id, column]]} vanished during the job.")
+                path = paths[keys[item.item_id, column]]
+                raise RuntimeError(f"The cache entry of {path} vanished during the job; rerun the job.")
             outputs = {f"{column}_{name}": value for name, value in tensors.items()}
             images = {f"{column}_{name}" for name in names}
             files += records.write_stage_outputs(item.item_id, stage, outputs, images)
@@ -163,10 +164,13 @@ def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: 
     return {"fitted": len(missing), "reused": reused}
 
 
-def _cached_previous(module, cache: StageCache, stage: str, keys: list[str]) -> dict:
+def _cached_previous(module, cache: StageCache, stage: str, paths: list[str]) -> dict:
+    """The earlier image stages' cached results of the images at `paths` (each keyed with its own stage's
+    settings, so that a later stage's settings never invalidate an earlier stage's entries)."""
     previous = {}
     for earlier in module.image_stages[: module.image_stages.index(stage)]:
-        entries = [cache.read(key, earlier) for key in keys]
+        identity = module.cache_identity(earlier)
+        entries = [cache.read(cache.key(path, identity), earlier) for path in paths]
         if any(entry is None for entry in entries):
             raise RuntimeError(f"Stage {stage!r} needs {earlier!r} in the cache for every image.")
         previous[earlier] = {name: torch.stack([e[name] for e in entries]) for name in entries[0]}

@@ -101,8 +101,9 @@ class PerceptualDistance(nn.Module):
             features.append(hidden)
         return features
 
-    @torch.no_grad()
-    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def layer_distances(self, prediction: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+        """Per depth, the weighted squared difference of unit-normalised features, `[B, 1, h_k, w_k]`
+        (differentiable; LPIPS is the sum over depths of their spatial means). Inputs in [0, 1]."""
         if prediction.shape != target.shape or prediction.shape[1] != 3:
             raise ValueError(
                 f"LPIPS compares two [B, 3, H, W] images, got {tuple(prediction.shape)} and "
@@ -110,14 +111,18 @@ class PerceptualDistance(nn.Module):
             )
         # One pass over both images: half the kernel launches of two calls.
         taps = self._taps(torch.cat([prediction, target]).float())
-        total = prediction.new_zeros(prediction.shape[0], dtype=torch.float32)
+        distances = []
         for depth, features in enumerate(taps):
             features = features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + NORMALISE_EPS)
             first, second = features.chunk(2)
             squared = (first - second).pow(2)
             if self.linear is not None:
-                weighted = self.linear[depth](squared)
+                distances.append(self.linear[depth](squared))
             else:
-                weighted = squared.sum(dim=1, keepdim=True)
-            total = total + weighted.mean(dim=(1, 2, 3))
-        return total
+                distances.append(squared.sum(dim=1, keepdim=True))
+        return distances
+
+    @torch.no_grad()
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        distances = self.layer_distances(prediction, target)
+        return torch.stack([d.mean(dim=(1, 2, 3)) for d in distances]).sum(0)

@@ -99,8 +99,11 @@ def load_vgg16_features_state(path: str | Path) -> dict[str, torch.Tensor]:
 class VGG16Features(nn.Module):
     """Frozen ImageNet VGG16 trunk run up to the deepest requested ReLU; forward -> {layer: feature map}."""
 
-    def __init__(self, layers: Sequence[str], weights_path: str | Path | None = None):
+    def __init__(self, layers: Sequence[str], weights_path: str | Path | None = None,
+                 imagenet_input: bool = True):
         super().__init__()
+        # False: images enter as they are, as Barbershop's style loss feeds its VGG16 [-1, 1] images.
+        self.imagenet_input = imagenet_input
         layers = tuple(dict.fromkeys(layers))
         unknown = [name for name in layers if name not in LAYER_INDEX]
         if not layers or unknown:
@@ -137,7 +140,7 @@ class VGG16Features(nn.Module):
         return ((images + 1) * 0.5 - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # images [B, 3, H, W] in [-1, 1]
-        x = self.normalize(images)
+        x = self.normalize(images) if self.imagenet_input else images
         out = {}
         for index, module in enumerate(self.features):
             x = module(x)
