@@ -1,4 +1,6 @@
-"""facelab.ops.hog against skimage.feature.hog: descriptors, cell histograms, pictures and errors.
+"""facelab.ops.hog against skimage.feature.hog: descriptors, cell histograms, pictures and errors, for
+both the reference path (the tested definition) and the fast path; then the fast path against the
+reference path, and its device placement.
 
 Parity is bin for bin on these images. On other images a pixel in about 1e5 can sit within an ulp of
 the 45 or 135 degree bound, where numpy's own arctan2 differs between CPUs (see facelab/ops/hog.py).
@@ -19,7 +21,8 @@ from skimage import color, data, transform
 from skimage.feature import hog as skimage_hog
 
 from datamodules.synthetic_faces import render_face
-from facelab.ops.hog import BLOCK_NORMS, hog, hog_cells, render_hog
+from facelab.ops import hog_fast
+from facelab.ops.hog import BLOCK_NORMS, METHODS, hog, hog_cells, render_hog
 
 # (orientations, pixels_per_cell, cells_per_block, image size): sizes include non-multiples of the cell.
 PARAMS = [
@@ -102,12 +105,13 @@ def captured_histograms(monkeypatch):
     return captured
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("norm", BLOCK_NORMS)
 @pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
 @pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), PARAMS)
-def test_hog_matches_skimage(orientations, ppc, cpb, size, gray, norm):
+def test_hog_matches_skimage(orientations, ppc, cpb, size, gray, norm, method):
     images = _images(size, gray)
-    out = hog(_batch(images), orientations, ppc, cpb, norm)
+    out = hog(_batch(images), orientations, ppc, cpb, norm, method=method)
     assert out.dtype == torch.float64
     for index, image in enumerate(images):
         expected = _reference(image, orientations, ppc, cpb, norm)
@@ -117,12 +121,14 @@ def test_hog_matches_skimage(orientations, ppc, cpb, size, gray, norm):
         assert np.abs(out[index].numpy() - expected).max() < 1e-6
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("orientations", "ppc"), [(9, 8), (6, 4), (12, (8, 6)), (7, 5)])
-def test_hog_cells_match_skimage_histograms(captured_histograms, orientations, ppc):
+def test_hog_cells_match_skimage_histograms(captured_histograms, orientations, ppc, method):
     colour_images = _images((61, 70), gray=False)
     images = [*colour_images, *(color.rgb2gray(image) for image in colour_images)]
     colour, gray = _batch(images[:4]), _batch(images[4:])
-    cells = torch.cat([hog_cells(colour, orientations, ppc), hog_cells(gray, orientations, ppc)])
+    cells = [hog_cells(colour, orientations, ppc, method), hog_cells(gray, orientations, ppc, method)]
+    cells = torch.cat(cells)
     for index, image in enumerate(images):
         _reference(image, orientations, ppc, 1)
         expected = captured_histograms[-1].transpose(2, 0, 1)  # -> [orientations, rows, cols]
@@ -131,8 +137,9 @@ def test_hog_cells_match_skimage_histograms(captured_histograms, orientations, p
         np.testing.assert_allclose(cells[index].numpy(), expected, rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("orientations", [7, 9, 11])
-def test_bin_bounds_are_skimage_doubles(captured_histograms, orientations):
+def test_bin_bounds_are_skimage_doubles(captured_histograms, orientations, method):
     """Ramps just either side of each bound k * (180 / n): float32 bounds would bin the inner ones wrong."""
     step = 180.0 / orientations
     for k in range(1, orientations):
@@ -140,7 +147,7 @@ def test_bin_bounds_are_skimage_doubles(captured_histograms, orientations):
             angle = math.radians(step * k + offset)
             rows, cols = np.mgrid[0:24, 0:24].astype(np.float64)
             ramp = 0.5 * math.sin(angle) * rows + 0.5 * math.cos(angle) * cols  # gradient (sin, cos)
-            cells = hog_cells(_batch([ramp]), orientations, 8)[0].numpy()
+            cells = hog_cells(_batch([ramp]), orientations, 8, method)[0].numpy()
             _reference(ramp, orientations, 8, 1)
             np.testing.assert_allclose(cells, captured_histograms[-1].transpose(2, 0, 1), rtol=1e-6)
             centre = cells[:, 1, 1]  # interior cell: every pixel has the ramp's gradient
@@ -158,11 +165,12 @@ EXACT_BOUNDS = [
 ]
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("orientations", "gradient", "expected_bin"), EXACT_BOUNDS)
-def test_angles_on_a_bound(captured_histograms, orientations, gradient, expected_bin):
+def test_angles_on_a_bound(captured_histograms, orientations, gradient, expected_bin, method):
     image = np.zeros((3, 3))  # only the centre pixel has a gradient
     image[2, 1], image[1, 2] = gradient
-    cells = hog_cells(_batch([image]), orientations, 3)[0, :, 0, 0].numpy()
+    cells = hog_cells(_batch([image]), orientations, 3, method)[0, :, 0, 0].numpy()
     _reference(image, orientations, 3, 1)
     np.testing.assert_allclose(cells, captured_histograms[-1][0, 0], rtol=1e-7)  # skimage: float32 sums
     expected = np.zeros(orientations)
@@ -171,13 +179,15 @@ def test_angles_on_a_bound(captured_histograms, orientations, gradient, expected
     np.testing.assert_allclose(cells, expected, rtol=1e-15)
 
 
-def test_channel_ties_take_the_first_channel():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", METHODS)
+def test_channel_ties_take_the_first_channel(method, dtype):
     """Red varies along columns, green along rows with the same slope: skimage keeps red (orientation 0)."""
     rows, cols = np.mgrid[0:32, 0:32].astype(np.float64)
     image = np.stack([cols, rows, np.zeros_like(rows)], axis=-1)
-    inner = hog_cells(_batch([image]), 9, 8)[0, :, 1:-1, 1:-1]  # border columns: only green varies there
+    inner = hog_cells(_batch([image]).to(dtype), 9, 8, method)[0, :, 1:-1, 1:-1]  # border: only green varies
     assert torch.count_nonzero(inner[1:]) == 0 and torch.all(inner[0] == 2.0)
-    descriptor = hog(_batch([image]), 9, 8, 2)[0].numpy()
+    descriptor = hog(_batch([image]), 9, 8, 2, method=method)[0].numpy()
     np.testing.assert_allclose(descriptor, _reference(image, 9, 8, 2), atol=1e-12)
 
 
@@ -194,14 +204,15 @@ NEAR_TIES = [
 ]
 
 
-def test_near_tied_channels_rank_as_numpy(captured_histograms):
+@pytest.mark.parametrize("method", METHODS)
+def test_near_tied_channels_rank_as_numpy(captured_histograms, method):
     image = np.zeros((3, 3 * len(NEAR_TIES), 3))
     for tile, channels in enumerate(NEAR_TIES):
         centre = 3 * tile + 1
         for channel, (row_next, row_prev, col_next, col_prev) in enumerate(channels):
             image[2, centre, channel], image[0, centre, channel] = row_next / 255, row_prev / 255
             image[1, centre + 1, channel], image[1, centre - 1, channel] = col_next / 255, col_prev / 255
-    cells = hog_cells(_batch([image]), 9, 3)[0].numpy()
+    cells = hog_cells(_batch([image]), 9, 3, method)[0].numpy()
     _reference(image, 9, 3, 1)
     np.testing.assert_allclose(cells, captured_histograms[-1].transpose(2, 0, 1), rtol=1e-6, atol=1e-12)
 
@@ -311,3 +322,101 @@ def test_hog_matches_skimage_on_synthetic_faces(orientations, ppc, cpb, size, no
         expected = torch.from_numpy(_reference(face, orientations, ppc, cpb, norm))
         assert got.shape == expected.shape
         assert (got - expected).abs().max() < 1e-4
+
+
+# The fast path against the reference path. Sizes include non-multiples of the cell (pixels past the
+# last whole cell must count for nothing) and orientations with a bound at 45 or 90 degrees (12, 6).
+FAST_PARAMS = [
+    (9, 8, 2, (64, 64)),
+    (6, 4, 1, (67, 90)),
+    (12, (8, 6), (2, 3), (100, 83)),
+    (7, 5, 3, (53, 61)),
+]
+
+
+@pytest.mark.parametrize("norm", BLOCK_NORMS)
+@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), FAST_PARAMS)
+def test_fast_path_equals_reference_in_float64(orientations, ppc, cpb, size, batch, gray, norm):
+    """Same bins pixel for pixel (the near-tie and near-bound redo included); only the order of the sums
+    differs, hence 1e-12 and not bitwise."""
+    images = _batch(_images(size, gray))[:batch]
+    fast = hog(images, orientations, ppc, cpb, norm, method="fast")
+    reference = hog(images, orientations, ppc, cpb, norm, method="reference")
+    assert fast.dtype == torch.float64 and fast.shape == reference.shape and fast.is_contiguous()
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-12)
+    cells = hog_cells(images, orientations, ppc, method="fast")
+    expected = hog_cells(images, orientations, ppc, method="reference")
+    torch.testing.assert_close(cells, expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("norm", BLOCK_NORMS)
+@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), FAST_PARAMS)
+def test_fast_path_matches_reference_in_float32(orientations, ppc, cpb, size, batch, gray, norm):
+    """float32 ranks channels by squared magnitude and rounds the angle in bins, not degrees: the last bit
+    differs from the reference's float32 (itself not numpy's), which only a pixel within an ulp of a tie or
+    a bound can notice. The quantised photo has such pixels on the 45-degree diagonals, so with a bound
+    there (12 orientations) only the unquantised images are compared; with 9, 6 or 7 all four are."""
+    first = 2 if orientations % 4 == 0 else 0  # images 2 and 3: the random and the smooth ones
+    images = _batch(_images(size, gray))[first : first + batch].float()
+    fast = hog(images, orientations, ppc, cpb, norm, method="fast")
+    reference = hog(images, orientations, ppc, cpb, norm, method="reference")
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    assert (fast - reference).abs().mean() < 1e-6
+
+
+def test_chunks_of_the_batch_add_up_to_the_whole(monkeypatch):
+    """On CPU the batch runs in chunks, the last one short: the result must not depend on the chunking."""
+    images = _batch([*_images((61, 70), gray=False), *_images((61, 70), gray=False)[:3]])  # 7 images
+    whole = hog_cells(images, 9, 8)
+    monkeypatch.setattr(hog_fast, "_CHUNK_BYTES", 3 * images[0].numel() * images.element_size())
+    chunked = hog_cells(images, 9, 8)  # chunks of 3, 3 and 1
+    assert torch.equal(chunked, whole)
+    for index in range(len(images)):
+        assert torch.equal(hog_cells(images[index : index + 1], 9, 8)[0], whole[index])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fast_path_stays_on_the_device(dtype):
+    """Meta tensors carry no data: any read to the host (`.item()`, `.cpu()`, a Python `if` on a tensor)
+    or any tensor made on another device would fail. Every output keeps the input's device and dtype."""
+    images = torch.empty(3, 3, 70, 61, device="meta", dtype=dtype)
+    descriptor = hog(images, 9, (8, 6), 2)
+    assert descriptor.device.type == "meta" and descriptor.dtype == dtype
+    assert descriptor.shape == (3, 7, 9, 2, 2, 9)
+    cells = hog_cells(images[:, :1], 12, 8)
+    assert cells.device.type == "meta" and cells.dtype == dtype and cells.shape == (3, 12, 8, 7)
+
+
+def test_fast_path_reads_nothing_back_to_the_host(monkeypatch):
+    """The same on real CPU tensors: every way of reading a tensor into Python raises during the call."""
+    images = _batch(_images((64, 64), gray=False)).float()
+    expected = hog(images, 9, 8, 2, method="reference")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host round-trip on the hot path")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    descriptor = hog(images, 9, 8, 2)
+    monkeypatch.undo()
+    torch.testing.assert_close(descriptor, expected, rtol=0, atol=1e-5)
+
+
+def test_inputs_that_need_gradients_take_the_differentiable_reference():
+    images = _batch(_images((48, 40), gray=False)).requires_grad_()
+    cells = hog_cells(images, 9, 8)
+    cells.sum().backward()
+    assert images.grad is not None  # (NaN where a gradient is zero: hypot's derivative there)
+    assert images.grad.nan_to_num().abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(hog_cells(images, 9, 8), cells.detach(), rtol=0, atol=1e-14)
+
+
+def test_unknown_method_raises():
+    with pytest.raises(ValueError, match="method"):
+        hog(torch.zeros(1, 3, 16, 16), method="faster")

@@ -69,88 +69,99 @@ def _cell_slots(
     return slots, inside
 
 
-class _Scratch:
-    """Buffers for one chunk, allocated once per call and reused by every chunk."""
+class _ChunkPlan:
+    """The buffers of one chunk and every view the ops write through, made once per call and reused by
+    every chunk: per chunk only the arithmetic is dispatched (making a view costs about as much as a
+    small op here), and the same memory stays in the cache. float32 RGB writes later results over spent
+    ones (the chosen gradient over the last channel's, the angle, its sign and the slots over the squared
+    magnitudes); float64 keeps them all for the exact redo of a few pixels."""
 
-    def __init__(self, chunk: int, channels: int, height: int, width: int, like: torch.Tensor):
+    def __init__(
+        self, chunk: int, channels: int, height: int, width: int, orientations: int, cell: tuple[int, int],
+        like: torch.Tensor,  # [*, C, H, W]: the dtype and device
+    ):
+        self.exact = exact = like.dtype == torch.float64
+        self.orientations = n = orientations
+        self.rgb = rgb = channels > 1
         plane = (chunk, height, width)
-        self.gradients = like.new_zeros(chunk, channels, 2, height, width)  # borders stay zero, as skimage's
-        self.squared = like.new_empty(chunk, channels, height, width)
-        self.best = like.new_empty(chunk, 1, height, width)
-        self.is_best = like.new_empty(chunk, max(channels - 1, 1), height, width)
-        self.chosen = like.new_empty(chunk, 2, height, width)
-        self.turns = like.new_empty(plane)
-        self.slots = torch.empty(plane, dtype=torch.int32, device=like.device)
-        self.negative = torch.empty(plane, dtype=torch.int32, device=like.device)
+        int32 = {"dtype": torch.int32, "device": like.device}
+        gradients = like.new_zeros(chunk, channels, 2, height, width)  # borders stay zero, as skimage's
+        self.gradients, self.g_row, self.g_col = gradients, gradients[:, :, 0], gradients[:, :, 1]
+        self.row_out, self.col_out = gradients[:, :, 0, 1:-1, :], gradients[:, :, 1, :, 1:-1]
+        # Channel-major, so that each spent channel plane is one contiguous [chunk, H, W] block.
+        self.squared = squared = like.new_empty(channels, chunk, height, width).transpose(0, 1)
+        reuse = rgb and not exact
+        if rgb:
+            self.best = like.new_empty(chunk, 1, height, width)
+            self.is_best = squared[:, :-1] if reuse else like.new_empty(chunk, channels - 1, height, width)
+            self.candidates = squared[:, :-1]
+            chosen = gradients[:, -1] if reuse else like.new_empty(chunk, 2, height, width)
+            # Earlier channels override later ones, so the first maximal one wins; 0/1 weights: exact.
+            self.lerps = [(gradients[:, -1], gradients[:, -2], self.is_best[:, -1:], chosen)]
+            for c in reversed(range(channels - 2)):
+                self.lerps.append((chosen, gradients[:, c], self.is_best[:, c : c + 1], chosen))
+            self.magnitude = self.best[:, 0]
+        else:
+            chosen, self.magnitude = gradients[:, 0], squared[:, 0]
+        self.chosen, self.chosen_row, self.chosen_col = chosen, chosen[:, 0], chosen[:, 1]
+        self.theta = squared[:, 2] if reuse else like.new_empty(plane)
+        self.negative = squared[:, 0].view(torch.int32) if reuse else torch.empty(plane, **int32)
+        self.slots = squared[:, 1].view(torch.int32) if reuse else torch.empty(plane, **int32)
+        self.slots_flat, self.magnitude_flat = self.slots.view(-1), self.magnitude.view(-1)
+        self.half_turn = torch.tensor(float(n), dtype=like.dtype, device=like.device)
+        self.cell_slots, inside = _cell_slots(chunk, height, width, cell, n, like.device)
+        self.inside = None if inside is None else inside.to(like.dtype)
 
-    def first(self, batch: int) -> _Scratch:
-        """The same buffers cut to the first `batch` images (the last chunk may be short)."""
-        if batch == self.gradients.shape[0]:
-            return self
-        cut = object.__new__(_Scratch)
-        cut.__dict__.update({name: value[:batch] for name, value in self.__dict__.items()})
-        return cut
+    def add_to(self, images: torch.Tensor, hist: torch.Tensor) -> None:  # [chunk, C, H, W] -> [chunk * ...]
+        """Add the chunk's magnitudes into its cells' slots in `hist` (flat, zero at first)."""
+        n = self.orientations
+        torch.sub(images[..., 2:, :], images[..., :-2, :], out=self.row_out)
+        torch.sub(images[..., :, 2:], images[..., :, :-2], out=self.col_out)
+        torch.mul(self.g_row, self.g_row, out=self.squared)
+        self.squared.addcmul_(self.g_col, self.g_col)  # [chunk, C, H, W]
+        if self.rgb:
+            torch.amax(self.squared, 1, keepdim=True, out=self.best)
+            torch.eq(self.candidates, self.best, out=self.is_best)  # 1.0 or 0.0
+            for start, end, weight, out in self.lerps:
+                torch.lerp(start, end, weight, out=out)
+            if self.exact:
+                self._rank_near_ties_as_numpy()
+        theta = torch.atan2(self.chosen_row, self.chosen_col, out=self.theta)
+        torch.lt(theta, 0, out=self.negative)
+        # The angle in bins plus half a turn, in [0, 2n]: for negative angles this rounds as skimage's
+        # `% 180` does (`deg + 180`); positive ones it can move only within an ulp of a bound.
+        turns = torch.add(self.half_turn, theta, alpha=n / math.pi, out=theta)
+        self.slots.copy_(turns)  # truncation is floor: turns >= 0
+        # Negative angles get their own slots: one that rounds up to 180 degrees is in no bin for skimage,
+        # while +180 (g_row = +0, g_col < 0) is in bin 0 (180 % 180).
+        self.slots.add_(self.negative, alpha=2 * n + 1)
+        self.slots.add_(self.cell_slots)
+        if self.exact:
+            self._bin_near_bounds_as_reference(turns)
+            # The reference takes torch.hypot of the chosen gradient: keep its exact magnitudes.
+            torch.hypot(self.chosen_col, self.chosen_row, out=self.magnitude)
+        else:
+            self.magnitude.sqrt_()
+        if self.inside is not None:
+            self.magnitude.mul_(self.inside)
+        hist.index_add_(0, self.slots_flat, self.magnitude_flat)
 
-
-def _gradients_into(images: torch.Tensor, out: torch.Tensor) -> None:  # [b, C, H, W] -> [b, C, 2, H, W]
-    """Central differences of every channel, rows in `out[:, :, 0]` and columns in `out[:, :, 1]`; the
-    first and last row (column) of `out` must already be zero, as skimage leaves them."""
-    torch.sub(images[..., 2:, :], images[..., :-2, :], out=out[:, :, 0, 1:-1, :])
-    torch.sub(images[..., :, 2:], images[..., :, :-2], out=out[:, :, 1, :, 1:-1])
-
-
-def _dominant_gradient(scratch: _Scratch, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first maximal channel's (row, col) gradient `[b, 2, H, W]` and squared magnitude `[b, H, W]`."""
-    gradients, squared = scratch.gradients, scratch.squared
-    torch.mul(gradients[:, :, 0], gradients[:, :, 0], out=squared)
-    squared.addcmul_(gradients[:, :, 1], gradients[:, :, 1])  # [b, C, H, W]
-    channels = gradients.shape[1]
-    if channels == 1:
-        return gradients[:, 0], squared[:, 0]
-    best = torch.amax(squared, 1, keepdim=True, out=scratch.best)  # [b, 1, H, W]
-    is_best = torch.eq(squared[:, :-1], best, out=scratch.is_best)  # 1.0 or 0.0
-    # Earlier channels override later ones, so the first maximal one wins; weights 0 or 1 make lerp exact.
-    chosen = torch.lerp(gradients[:, -1], gradients[:, -2], is_best[:, -1:], out=scratch.chosen)
-    for channel in reversed(range(channels - 2)):
-        torch.lerp(chosen, gradients[:, channel], is_best[:, channel : channel + 1], out=chosen)
-    if exact:
-        # np.hypot's rounding may rank channels whose squared magnitudes nearly tie the other way round.
-        near_tie = (squared >= best * (1 - _TIE_SQUARED)).sum(1) > 1  # [b, H, W]
+    def _rank_near_ties_as_numpy(self) -> None:
+        """np.hypot's rounding may rank channels whose squared magnitudes nearly tie the other way round."""
+        near_tie = (self.squared >= self.best * (1 - _TIE_SQUARED)).sum(1) > 1  # [chunk, H, W]
         if near_tie.any():
-            per_pixel = gradients.permute(0, 3, 4, 1, 2)[near_tie]  # [k, C, 2]
+            per_pixel = self.gradients.permute(0, 3, 4, 1, 2)[near_tie]  # [k, C, 2]
             rows, cols = select_channel(per_pixel[..., 0], per_pixel[..., 1])
-            chosen[:, 0][near_tie], chosen[:, 1][near_tie] = rows, cols
-    return chosen, best[:, 0]
+            self.chosen_row[near_tie], self.chosen_col[near_tie] = rows, cols
 
-
-@functools.lru_cache(maxsize=32)
-def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A cached 0-dim tensor, so that `value + alpha * tensor` is one op."""
-    return torch.tensor(value, dtype=dtype, device=device)
-
-
-def _orientation_slots(
-    chosen: torch.Tensor, scratch: _Scratch, orientations: int, exact: bool
-) -> torch.Tensor:  # chosen [b, 2, H, W]
-    """Each pixel's slot within its cell `[b, H, W]`, int32, plus `orientations` (see `_slots_per_cell`)."""
-    n = orientations
-    g_row, g_col = chosen[:, 0], chosen[:, 1]
-    theta = torch.atan2(g_row, g_col, out=scratch.turns)
-    negative = torch.lt(theta, 0, out=scratch.negative)
-    # The angle in bins plus half a turn, in [0, 2n]: for negative angles this rounds as skimage's `% 180`
-    # does (`deg + 180`); positive ones it can move only within an ulp of a bound.
-    turns = torch.add(_scalar(float(n), theta.dtype, theta.device), theta, alpha=n / math.pi, out=theta)
-    slots = scratch.slots.copy_(turns)  # truncation is floor: turns >= 0
-    # Negative angles get their own slots: one that rounds up to 180 degrees is in no bin for skimage,
-    # while +180 (g_row = +0, g_col < 0) is in bin 0 (180 % 180).
-    slots.add_(negative, alpha=2 * n + 1)
-    if exact:
-        # Where this rounding and the reference's may differ, bin as the reference does.
+    def _bin_near_bounds_as_reference(self, turns: torch.Tensor) -> None:
+        """Where this rounding and the reference's may differ, bin as the reference does."""
+        n = self.orientations
         near_bound = (turns - turns.round()).abs_() < _NEAR_BOUND
         if near_bound.any():
-            bins = orientation_bins(g_row[near_bound], g_col[near_bound], n).int()
-            slots[near_bound] = torch.where(bins < n, bins + n, _slots_per_cell(n) - 1 + n)
-    return slots
+            bins = orientation_bins(self.chosen_row[near_bound], self.chosen_col[near_bound], n).int()
+            within = torch.where(bins < n, bins, _slots_per_cell(n) - 1)
+            self.slots[near_bound] = within + self.cell_slots.expand_as(self.slots)[near_bound] + n
 
 
 def _fold_slots(hist: torch.Tensor, orientations: int) -> torch.Tensor:  # [..., slots per cell]
@@ -159,28 +170,6 @@ def _fold_slots(hist: torch.Tensor, orientations: int) -> torch.Tensor:  # [...,
     bins = hist[..., :n] + hist[..., n + 1 : 2 * n + 1]
     bins[..., 0] += hist[..., n]
     return bins
-
-
-def _chunk_histograms(
-    images: torch.Tensor,  # [b, C, H, W] in the work dtype
-    scratch: _Scratch,
-    orientations: int,
-    cell: tuple[int, int],
-    hist: torch.Tensor,  # [b * n_cells * slots per cell], zeros, added to
-) -> None:
-    """Add one chunk's magnitudes into its cells' slots."""
-    exact = images.dtype == torch.float64
-    batch, _, height, width = images.shape
-    _gradients_into(images, scratch.gradients)
-    chosen, squared = _dominant_gradient(scratch, exact)
-    slots = _orientation_slots(chosen, scratch, orientations, exact)
-    # The reference takes torch.hypot of the chosen gradient; in float64 keep its exact magnitudes.
-    magnitude = torch.hypot(chosen[:, 1], chosen[:, 0]) if exact else squared.sqrt_()
-    cell_slots, inside = _cell_slots(batch, height, width, cell, orientations, images.device)
-    if inside is not None:
-        magnitude = magnitude * inside
-    slots += cell_slots
-    hist.index_add_(0, slots.view(-1), magnitude.reshape(-1))
 
 
 def fast_cell_histograms(
@@ -195,15 +184,22 @@ def fast_cell_histograms(
     chunk = batch
     if images.device.type == "cpu":
         chunk = max(1, min(batch, _CHUNK_BYTES // (channels * height * width * images.element_size())))
-    scratch = _Scratch(chunk, channels, height, width, images)
+    plan = _ChunkPlan(chunk, channels, height, width, orientations, cell, images)
     per_image = n_rows * n_cols * _slots_per_cell(orientations)
     hist = images.new_zeros(batch * per_image)
     for start in range(0, batch, chunk):
         part = images[start : start + chunk]
-        piece = hist[start * per_image : (start + len(part)) * per_image]
-        _chunk_histograms(part, scratch.first(len(part)), orientations, cell, piece)
-    hist = hist.view(batch, n_rows, n_cols, -1)
+        if len(part) < chunk:  # the last chunk may be short
+            plan = _ChunkPlan(len(part), channels, height, width, orientations, cell, images)
+        plan.add_to(part, hist[start * per_image : (start + len(part)) * per_image])
+    hist = hist.view(batch, n_rows, n_cols, _slots_per_cell(orientations))
     return _fold_slots(hist, orientations).div_(cell[0] * cell[1])
+
+
+def _sum_last(values: torch.Tensor) -> torch.Tensor:  # [..., k] -> [...]
+    """Sum over a short last dim as a matrix-vector product: reductions over a few contiguous values
+    pay a loop set-up per row on CPU, the BLAS call does not."""
+    return values @ values.new_ones(values.shape[-1])
 
 
 def fast_normalize_blocks(
@@ -213,30 +209,30 @@ def fast_normalize_blocks(
     eps: float,
     clip: float,
 ) -> torch.Tensor:
-    """Normalised blocks `[B, n_blocks_row, n_blocks_col, b_row, b_col, orientations]`: each block's sum
-    is a sum of per-cell sums over shifted views, then each block row is written once, contiguously."""
+    """Normalised blocks `[B, n_blocks_row, n_blocks_col, b_row, b_col, orientations]`. Each block's sum
+    is a sum of per-cell sums over shifted views (not a reduction over a strided six-dimensional view);
+    the blocks are copied out row by row (a block's cells in one cell row lie side by side), then scaled
+    in place, contiguously."""
     b_row, b_col = block
     batch, n_rows, n_cols, orientations = hist.shape
     blocks_row, blocks_col = n_rows - b_row + 1, n_cols - b_col + 1
     l1 = method in ("L1", "L1-sqrt")
-    per_cell = hist.sum(-1) if l1 else (hist * hist).sum(-1)  # [B, R, C]; cell sums are >= 0: no abs
+    per_cell = _sum_last(hist if l1 else hist * hist)  # [B, R, C]; cell sums are >= 0: no abs needed
     per_block = per_cell[:, :blocks_row, :blocks_col].clone()
     for i in range(b_row):
         for j in range(b_col):
             if i or j:
                 per_block += per_cell[:, i : i + blocks_row, j : j + blocks_col]
-    scale = per_block.add_(eps) if l1 else per_block.add_(eps**2).sqrt_()
+    scale = per_block.add_(eps) if l1 else per_block.add_(eps**2).sqrt_()  # [B, blocks_row, blocks_col]
     out = hist.new_empty(batch, blocks_row, blocks_col, b_row, b_col * orientations)
     rows = hist.reshape(batch, n_rows, n_cols * orientations)
     for i in range(b_row):
-        # Block (r, c)'s cells in its row i lie side by side in cell row r + i: one strided window each.
-        windows = rows[:, i : i + blocks_row].unfold(2, b_col * orientations, orientations)
-        torch.div(windows, scale[..., None], out=out[:, :, :, i])
-    out = out.view(batch, blocks_row, blocks_col, b_row, b_col, orientations)
+        out[:, :, :, i].copy_(rows[:, i : i + blocks_row].unfold(2, b_col * orientations, orientations))
+    flat = out.view(batch, blocks_row, blocks_col, -1)
+    flat.div_(scale[..., None])
     if method == "L1-sqrt":
-        out.sqrt_()
+        flat.sqrt_()
     elif method == "L2-Hys":
-        out.clamp_(max=clip)
-        flat = out.view(batch, blocks_row, blocks_col, -1)
-        flat.div_((flat * flat).sum(-1, keepdim=True).add_(eps**2).sqrt_())
-    return out
+        flat.clamp_(max=clip)
+        flat.div_(_sum_last(flat * flat).add_(eps**2).sqrt_()[..., None])
+    return out.view(batch, blocks_row, blocks_col, b_row, b_col, orientations)
