@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from datamodules.fit_inputs import InputPreparation
 from facelab.fit.manifest import Columns, FitItem, read_manifest, resolve_shard
 from facelab.io.images import IMAGE_EXTENSIONS, center_crop_resize, read_rgb, to_tensor
 
@@ -26,12 +27,21 @@ class FitItems:
         image_size: int = 64,
         shard_rank: int | None = None,
         shard_world: int | None = None,
+        exact_size: bool = False,
+        align: bool = False,
+        aligned_dir: str | None = None,
     ):
         self.columns = Columns.from_config(columns)
+        image_columns = tuple(c for c in self.columns.paths)
+        self.inputs = InputPreparation(image_size, exact_size, align, aligned_dir, image_columns)
         self.image_size = image_size
         self.all_items = read_manifest(manifest, self.columns)
         self.shard = resolve_shard(shard_rank, shard_world)
         self.items = self.shard.select(self.all_items)
+
+    def prepare(self, items: Sequence[FitItem]) -> list[FitItem]:
+        """Check every image of `items` (and align raw photos, if configured) before any fitting."""
+        return self.inputs.prepare(list(items))
 
     def load_image(self, path: str) -> torch.Tensor:
         """One image file as `[3, S, S]` in [-1, 1] (centre-cropped to a square, resized to `image_size`)."""

@@ -30,13 +30,16 @@ official `layer_num - 11` is right at 1024 px only); the unused L_F term is not 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
 
 from facelab.fit.cache import file_digest
 from facelab.io.files import user_cache_dir
+from facelab.io.images import read_rgb, save_image
 from facelab.losses.barbershop import (
+    lpips_features,
     lpips_per_item,
     masked_lpips,
     masked_style,
@@ -50,7 +53,17 @@ from facelab.nets.bisenet import normalize as bisenet_input
 from facelab.nets.frozen import register_frozen
 from facelab.nets.stylegan2_checkpoints import load_generator
 from facelab.nets.vgg import VGG16Features
-from facelab.ops.hair_masks import ParserLabels, compose_target, dilate, erode, mix_structure, nearest, region
+from facelab.ops.align import AlignedFace, paste_back
+from facelab.ops.hair_masks import (
+    ParserLabels,
+    compose_target,
+    dilate,
+    erode,
+    mix_structure,
+    nearest,
+    region,
+    within,
+)
 from facelab.ops.latent_pca import load_or_estimate_pca
 from facelab.ops.resample import downsample_to, lanczos_resize
 from lightning_modules.latent_fit import Latent, LatentFit
@@ -82,7 +95,7 @@ class Barbershop(LatentFit):
         self,
         stages,
         generator_path: str,
-        parser_path: str,
+        parser_path: str | None,
         labels: dict | None = None,
         sign: str = "realistic",
         smooth: int = 5,
@@ -96,15 +109,20 @@ class Barbershop(LatentFit):
         blend_blocks: tuple[int, ...] = (1, 2, 3),
         blend_mask_iterations: int = 5,
         noise_mode: str = "const",
+        paste_back: bool = False,
         lpips_trunk_path: str | None = None,
         vgg_weights_path: str | None = None,
+        image_columns: tuple[str, ...] = ("identity", "shape", "appearance"),
+        run_stages: list[str] | None = None,
         init_seed: int = 0,
     ):
-        super().__init__(stages, init_seed)
+        super().__init__(stages, init_seed, run_stages)
+        self.image_columns = tuple(image_columns)
+        self._fixed_features: dict = {}
         if sign not in ("realistic", "fidelity"):
             raise ValueError(f"fit.module.sign={sign!r}: choose realistic or fidelity (Barbershop's --sign).")
         self.labels = ParserLabels(**(labels or {}))
-        self.sign, self.smooth, self.noise_mode = sign, smooth, noise_mode
+        self.sign, self.smooth, self.noise_mode, self.paste_back = sign, smooth, noise_mode, paste_back
         self.f_resolution, self.parse_size, self.perceptual_size = f_resolution, parse_size, perceptual_size
         self.weights = {
             "mse": 1.0,
@@ -120,7 +138,11 @@ class Barbershop(LatentFit):
         self.generator_path = str(generator_path)
         self.generator = self.parser = self.lpips = self.vgg = None
         register_frozen(self, "generator", load_generator(generator_path))
-        register_frozen(self, "parser", load_bisenet(parser_path))
+        needs_parser = any(stage not in self.image_stages for stage in self.stage_names)
+        if needs_parser and not parser_path:
+            raise ValueError("fit.module.parser_path is needed by the stages after the embeddings.")
+        if parser_path:
+            register_frozen(self, "parser", load_bisenet(parser_path))
         register_frozen(self, "lpips", PerceptualDistance("vgg", weights_path=lpips_trunk_path))
         register_frozen(self, "vgg", VGG16Features(STYLE_LAYERS, vgg_weights_path, imagenet_input=False))
         synthesis = self.generator.synthesis
@@ -276,7 +298,7 @@ class Barbershop(LatentFit):
         state = {}
         for pair in PAIRS:
             image = self.synthesize(self._pair_start(previous, pair))
-            hair = nearest(region(self.parse_logits(image).argmax(1), self.labels.hair), self.perceptual_size)
+            hair = nearest(region(self.parse_logits(image).argmax(1), self.labels.transfer), self.perceptual_size)
             state[f"style_mask_{pair}"] = hair
             state[f"style_image_{pair}"] = self.low(image) * hair
         return state
@@ -290,7 +312,7 @@ class Barbershop(LatentFit):
         size, iterations = self.perceptual_size, self.blend_mask_iterations
 
         def hair_of(labels: torch.Tensor) -> torch.Tensor:
-            return nearest(region(labels, self.labels.hair), size)
+            return nearest(region(labels, self.labels.transfer), size)
 
         identity_hair = hair_of(self.parse_labels(batch["identity"]))
         appearance_hair = hair_of(self.parse_labels(appearance))
@@ -321,11 +343,29 @@ class Barbershop(LatentFit):
             return self._blend_terms(latents, batch)
         raise KeyError(stage)
 
+    def fixed_features(self, name: str, batch: dict, compute) -> list[torch.Tensor]:
+        """Features of a fixed per-item target, computed once per stage and chunk (`compute(images)` on the
+        state tensor `name`) and picked for the items of `batch`: they are the same at every step."""
+        key = (self.stage, name, tuple(self.batch["meta"]["item_id"]))
+        if key not in self._fixed_features:
+            self._fixed_features = {k: v for k, v in self._fixed_features.items() if k[0] == self.stage}
+            self._fixed_features[key] = compute(self.state(name))
+        ids = list(self.batch["meta"]["item_id"])
+        wanted = list(batch["meta"]["item_id"])
+        features = self._fixed_features[key]
+        if wanted == ids:
+            return features
+        index = torch.tensor([ids.index(i) for i in wanted], device=self.device)
+        return [f.index_select(0, index) for f in features]
+
+    def _lpips_target(self, name: str, batch: dict) -> list[torch.Tensor]:
+        return self.fixed_features(name, batch, lambda images: lpips_features(self.lpips, images))
+
     def _embedding_terms(self, image: torch.Tensor, ws: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         return {
             "mse": self.weights["mse"] * mse_per_item(image, batch["image"]),
             "lpips": self.weights["lpips"]
-            * lpips_per_item(self.lpips, self.low(image), batch["state"]["target_low"]),
+            * lpips_per_item(self.lpips, self.low(image), self._lpips_target("target_low", batch)),
             "p_norm": self.weights["p_norm"] * p_norm(ws, self.pca.to(ws.device)),
         }
 
@@ -382,7 +422,7 @@ class Barbershop(LatentFit):
         return {"ce": self.weights["ce"] * parsing_cross_entropy(logits, pair_state["target"])}
 
     def _reference_terms(self, pair_state: dict, logits: torch.Tensor, image: torch.Tensor) -> dict:
-        hair = nearest(region(logits.argmax(1), self.labels.hair), self.perceptual_size)  # no gradient
+        hair = nearest(region(logits.argmax(1), self.labels.transfer), self.perceptual_size)  # no gradient
         style_mask, style_image = pair_state["style_mask"], pair_state["style_image"]
         with torch.no_grad():
             target_taps = list(self.vgg(style_image * style_mask).values())
@@ -406,9 +446,9 @@ class Barbershop(LatentFit):
         image = self.low(self.synthesize_fs(ws, batch["previous"]["align_reference"]["f_appearance"]))
         return {
             "face": self.weights["face"]
-            * masked_lpips(self.lpips, image, state["identity_low"], state["face_mask"], self.blend_blocks),
+            * masked_lpips(self.lpips, image, self._lpips_target("identity_low", batch), state["face_mask"], self.blend_blocks),
             "hair": self.weights["hair"]
-            * masked_lpips(self.lpips, image, state["appearance_low"], state["hair_mask"], self.blend_blocks),
+            * masked_lpips(self.lpips, image, self._lpips_target("appearance_low", batch), state["hair_mask"], self.blend_blocks),
         }
 
     def project(self, stage: str, latents: dict) -> None:
@@ -460,8 +500,8 @@ class Barbershop(LatentFit):
         for pair in PAIRS:
             generated = self.parse_logits(self.synthesize(latents[f"w_{pair}"])).argmax(1)
             if stage == "mask_fill_1":
-                freed = (parse["labels_identity"] == self.labels.hair) & (
-                    parse[f"labels_{pair}"] != self.labels.hair
+                freed = within(parse["labels_identity"], self.labels.transfer) & ~within(
+                    parse[f"labels_{pair}"], self.labels.transfer
                 )
                 target = torch.where(freed, generated, parse[f"target_{pair}"])
             else:
@@ -484,15 +524,15 @@ class Barbershop(LatentFit):
         identity_s = previous["embed_fs"]["identity_w"]
         separate = self.separate_appearance(batch).view(-1, 1, 1, 1)
         for pair in PAIRS:
-            target_hair = region(batch["state"][f"target_{pair}"], self.labels.hair)
+            target_hair = region(batch["state"][f"target_{pair}"], self.labels.transfer)
             mixed = mix_structure(
                 intermediate=previous["align_identity"][f"f_{pair}"],
                 identity_f=previous["embed_fs"]["identity_f"],
                 aligned_reference_f=self.structure(latents[f"w_{pair}"]),
                 reference_f=previous["embed_fs"][f"{pair}_f"],
-                identity_hair=region(parse["labels_identity"], self.labels.hair),
+                identity_hair=region(parse["labels_identity"], self.labels.transfer),
                 target_hair=target_hair,
-                reference_hair=region(parse[f"labels_{pair}"], self.labels.hair),
+                reference_hair=region(parse[f"labels_{pair}"], self.labels.transfer),
                 smooth=self.smooth,
                 mask_size=self.perceptual_size,
             )
@@ -501,6 +541,19 @@ class Barbershop(LatentFit):
             out[f"f_{pair}"] = mixed
             out[f"aligned_{pair}"] = self.synthesize_fs(identity_s, mixed)
         return out
+
+    def finish_item(self, values: dict, item_dir: Path) -> list[Path]:
+        """With `paste_back`, the result put back into the identity's original photo (when the identity was
+        aligned from a raw photo by the job): `<item>/paste_back.png`."""
+        source = (values.get("photo_sources") or {}).get("identity")
+        if not self.paste_back or source is None:
+            return []
+        sidecar = json.loads(Path(values["identity"]).with_suffix(".json").read_text())
+        result = read_rgb(item_dir / "blend" / "result.png")
+        pasted = paste_back(read_rgb(source), result, AlignedFace.from_json(sidecar))
+        path = item_dir / "paste_back.png"
+        save_image(pasted, path)
+        return [path]
 
     def label_view(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels `[B, H, W]` as a picture `[B, 3, H, W]` in [-1, 1] (a fixed colour per class)."""

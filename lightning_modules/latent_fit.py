@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -77,12 +78,17 @@ class LatentFit(pl.LightningModule):
 
     image_outputs: dict[str, tuple[str, ...]] = {}
 
-    def __init__(self, stages: Mapping[str, Mapping], init_seed: int = 0):
+    def __init__(self, stages: Mapping[str, Mapping], init_seed: int = 0, run_stages: list[str] | None = None):
         super().__init__()
         self.automatic_optimization = False  # the step masks stopped items and projects: done by hand
         if not stages:
             raise ValueError("A latent fit needs at least one stage (fit.module.stages: {name: {steps, ...}}).")
-        self.stage_settings = {name: dict(settings) for name, settings in stages.items()}
+        unknown = sorted(set(run_stages or ()) - set(stages))
+        if unknown:
+            raise ValueError(f"run_stages names unknown stages {unknown}; the stages are {list(stages)}.")
+        # run_stages: a method's leading stages alone (e.g. only Barbershop's embeddings), in config order
+        self.stage_settings = {name: dict(settings) for name, settings in stages.items()
+                               if run_stages is None or name in run_stages}
         for name, settings in self.stage_settings.items():
             if "steps" not in settings:
                 raise ValueError(f"fit.module.stages.{name} has no `steps`.")
@@ -118,6 +124,11 @@ class LatentFit(pl.LightningModule):
     def stage_outputs(self, stage: str, latents: dict[str, torch.Tensor], batch: dict) -> dict:
         """What is saved per item at the end of a stage, `{name: [B, ...]}`; by default the latents."""
         return dict(latents)
+
+    def finish_item(self, values: dict, item_dir: Path) -> list[Path]:
+        """After an item's last stage, before its done record: extra files (e.g. a paste-back into the
+        original photo); returns the paths written."""
+        return []
 
     # Stage set-up ---------------------------------------------------------------------------------------
     @property

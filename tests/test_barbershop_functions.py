@@ -13,7 +13,15 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from facelab.losses.barbershop import gram, masked_lpips, masked_style, p_norm, parsing_cross_entropy
+from facelab.losses.barbershop import (
+    gram,
+    lpips_features,
+    lpips_per_item,
+    masked_lpips,
+    masked_style,
+    p_norm,
+    parsing_cross_entropy,
+)
 from facelab.metrics.perceptual import PerceptualDistance
 from facelab.ops.hair_masks import (
     ParserLabels,
@@ -82,7 +90,7 @@ def test_navier_stokes_fill_is_the_official_scaled_inpaint():
 
 
 def test_target_composition_follows_the_official_rules():
-    labels = ParserLabels(hair=10, background=0, not_hair_region=(15,))
+    labels = ParserLabels(transfer=(10,), background=0, not_hair_region=(15,))
     identity = torch.zeros(1, 16, 16, dtype=torch.long)
     identity[0, :4] = 10  # the identity's short hair
     identity[0, 4:, 4:12] = 1  # its face
@@ -178,7 +186,7 @@ def test_masked_lpips_equals_the_official_formula_on_the_lpips_packages_network(
     generator = torch.Generator().manual_seed(4)
     x, y = (torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1 for _ in range(2))
     mask = random_masks(8, 32, 2)
-    got = masked_lpips(ours, x, y, mask, blocks=(1, 2, 3))
+    got = masked_lpips(ours, x, lpips_features(ours, y), mask, blocks=(1, 2, 3))
     with torch.no_grad():
         taps_x, taps_y = reference.net(reference.scaling_layer(x)), reference.net(reference.scaling_layer(y))
         for index in range(2):
@@ -193,8 +201,9 @@ def test_masked_lpips_equals_the_official_formula_on_the_lpips_packages_network(
                 if depth + 1 in (1, 2, 3):
                     total += float((distance * resized).sum() / resized.sum())
             assert got[index] == pytest.approx(total, rel=1e-4)
-        full = masked_lpips(ours, x, y, torch.ones(2, 1, 32, 32), blocks=(1, 2, 3, 4, 5))
+        full = masked_lpips(ours, x, lpips_features(ours, y), torch.ones(2, 1, 32, 32), blocks=(1, 2, 3, 4, 5))
         assert torch.allclose(full, reference(x, y).flatten(), rtol=1e-4)  # an all-ones mask is LPIPS
+        assert torch.allclose(lpips_per_item(ours, x, lpips_features(ours, y)), full, rtol=1e-5)
 
 
 def test_pca_equals_a_float64_eigendecomposition_and_whitens_the_samples():

@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,7 +50,12 @@ def run_fit(cfg: DictConfig) -> dict:
     if OmegaConf.is_missing(cfg, "manifest"):
         raise ValueError("facelab-fit needs manifest=<a .yaml list, a .csv file or a folder of images>.")
     apply_extras(cfg)
-    items = instantiate(cfg.data)
+    try:
+        items = instantiate(cfg.data)
+    except InstantiationException as error:  # a bad manifest: its own message, not Hydra's wrapping
+        if isinstance(error.__cause__, ValueError):
+            raise error.__cause__ from None
+        raise
     records = FitRecords(cfg.output_dir)
     done = set() if cfg.get("only_stage") else records.done_ids()  # one stage is rerun for every item
     todo = [item for item in items.items if item.item_id not in done]
@@ -58,6 +64,7 @@ def run_fit(cfg: DictConfig) -> dict:
     label = f"shard {shard.rank}/{shard.world}"
     counts = (len(items.items), len(items.all_items), skipped)
     log.info("%s (%s): %d of %d items, %d done before.", label, shard.source, *counts)
+    todo = items.prepare(todo)  # every image opened (raw photos aligned) before any fitting starts
     if todo:
         _fit_items(cfg, items, records, todo, label, skipped)
     fitted = len(records.done_ids() & {item.item_id for item in todo})
@@ -148,12 +155,13 @@ def _fit_chunk(cfg: DictConfig, module, items, records: FitRecords, cache, chunk
     for item in chunk:
         stage_records = {s: json.loads(records.stage_record_path(item.item_id, s).read_text())
                          for s in module.stage_names}
+        extra = [str(p.relative_to(records.root)) for p in module.finish_item(item.values, records.item_dir(item.item_id))]
         records.write_done(item.item_id, {
             "stages": module.stage_names,
             "steps": {s: r.get("steps", 0) for s, r in stage_records.items()},
             "losses": {s: r.get("losses", {}) for s, r in stage_records.items()},
             "attempt": max([records.start_counts(s)[item.item_id] for s in module.stage_names] + [1]),
-            "outputs": [f for r in stage_records.values() for f in r.get("outputs", [])],
+            "outputs": [f for r in stage_records.values() for f in r.get("outputs", [])] + extra,
         })
         records.log_event("done", [item.item_id])
     progress.advance(len(chunk), time.perf_counter() - began)

@@ -159,6 +159,7 @@ def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: 
             files += records.write_stage_outputs(item.item_id, stage, outputs, images)
         records.write_stage_done(item.item_id, stage, {
             "cache_keys": {column: keys[item.item_id, column] for column in module.image_columns},
+            "inputs": {column: item.values[column] for column in module.image_columns},
             "outputs": files,
         })
     return {"fitted": len(missing), "reused": reused}

@@ -28,16 +28,23 @@ def mse_per_item(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (prediction - target).pow(2).flatten(1).mean(1)
 
 
-def lpips_per_item(net: PerceptualDistance, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Differentiable LPIPS of `[B, 3, H, W]` images in [-1, 1] -> `[B]`."""
-    distances = net.layer_distances((prediction + 1) / 2, (target + 1) / 2)
+def lpips_features(net: PerceptualDistance, images: torch.Tensor) -> list[torch.Tensor]:
+    """A fixed target's LPIPS features (`[B, 3, H, W]` in [-1, 1]), computed once per search."""
+    with torch.no_grad():
+        return net.unit_features((images + 1) / 2)
+
+
+def lpips_per_item(net: PerceptualDistance, prediction: torch.Tensor, target_features: list[torch.Tensor]
+                   ) -> torch.Tensor:
+    """Differentiable LPIPS of `[B, 3, H, W]` images in [-1, 1] to a target's `lpips_features` -> `[B]`."""
+    distances = net.distances_to((prediction + 1) / 2, target_features)
     return torch.stack([d.mean(dim=(1, 2, 3)) for d in distances]).sum(0)
 
 
 def masked_lpips(
     net: PerceptualDistance,
     prediction: torch.Tensor,  # [B, 3, H, W] in [-1, 1]
-    target: torch.Tensor,  # [B, 3, H, W] in [-1, 1]
+    target_features: list[torch.Tensor],  # lpips_features of the [B, 3, H, W] target
     mask: torch.Tensor,  # [B, 1, H, W], 1 = compared
     blocks: Sequence[int] = (1, 2, 3),
 ) -> torch.Tensor:
@@ -45,7 +52,7 @@ def masked_lpips(
     trunk depths `blocks` (1-based), the lin-weighted distance map summed over the mask resized (nearest) to
     that depth, divided by the mask's sum there. `[B]`. An empty mask contributes 0 (the official divides by
     zero)."""
-    distances = net.layer_distances((prediction + 1) / 2, (target + 1) / 2)
+    distances = net.distances_to((prediction + 1) / 2, target_features)
     total = prediction.new_zeros(prediction.shape[0])
     for depth in blocks:
         distance = distances[depth - 1]  # [B, 1, h, w]

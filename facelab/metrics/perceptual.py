@@ -101,6 +101,22 @@ class PerceptualDistance(nn.Module):
             features.append(hidden)
         return features
 
+    def unit_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's taps of `[B, 3, H, W]` images in [0, 1], each unit-normalised over channels."""
+        return [f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + NORMALISE_EPS) for f in self._taps(images.float())]
+
+    def distances_to(self, prediction: torch.Tensor, target_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per depth, the weighted squared difference to a target's `unit_features`, `[B, 1, h_k, w_k]`
+        (differentiable; a search against a fixed target computes the target's features once)."""
+        distances = []
+        for depth, (first, second) in enumerate(zip(self.unit_features(prediction), target_features, strict=True)):
+            squared = (first - second).pow(2)
+            if self.linear is not None:
+                distances.append(self.linear[depth](squared))
+            else:
+                distances.append(squared.sum(dim=1, keepdim=True))
+        return distances
+
     def layer_distances(self, prediction: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
         """Per depth, the weighted squared difference of unit-normalised features, `[B, 1, h_k, w_k]`
         (differentiable; LPIPS is the sum over depths of their spatial means). Inputs in [0, 1]."""
@@ -110,16 +126,13 @@ class PerceptualDistance(nn.Module):
                 f"{tuple(target.shape)}."
             )
         # One pass over both images: half the kernel launches of two calls.
-        taps = self._taps(torch.cat([prediction, target]).float())
+        features = self.unit_features(torch.cat([prediction, target]))
+        first, second = zip(*(f.chunk(2) for f in features), strict=True)
         distances = []
-        for depth, features in enumerate(taps):
-            features = features / (features.pow(2).sum(dim=1, keepdim=True).sqrt() + NORMALISE_EPS)
-            first, second = features.chunk(2)
-            squared = (first - second).pow(2)
-            if self.linear is not None:
-                distances.append(self.linear[depth](squared))
-            else:
-                distances.append(squared.sum(dim=1, keepdim=True))
+        for depth, (a, b) in enumerate(zip(first, second, strict=True)):
+            squared = (a - b).pow(2)
+            distances.append(self.linear[depth](squared) if self.linear is not None
+                             else squared.sum(dim=1, keepdim=True))
         return distances
 
     @torch.no_grad()

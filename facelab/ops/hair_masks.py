@@ -16,18 +16,32 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class ParserLabels:
-    """Which parser classes Barbershop's rules name. Barbershop's seg.pth (16 classes): hair 10, background
-    0, and class 15 kept out of the region the identity's background lends to the new hair (the official
-    code names it only by number). For CelebAMask-HQ's 19 classes: hair 17, and cloth (16) plays that role."""
+    """Which parser classes Barbershop's rules name. `transfer`: the region taken from the references (hair
+    for hair transfer; the face parts for a face swap); the first one labels the region where the hole
+    filling extends it. Barbershop's seg.pth (16 classes): hair 10, background 0, and class 15 kept out of
+    the region the identity's background lends to the new hair (the official code names it only by
+    number). For CelebAMask-HQ's 19 classes: hair 17, and cloth (16) plays that role."""
 
-    hair: int = 10
+    transfer: tuple[int, ...] = (10,)
     background: int = 0
     not_hair_region: tuple[int, ...] = (15,)
 
+    def __post_init__(self):
+        object.__setattr__(self, "transfer", tuple(self.transfer))
+        object.__setattr__(self, "not_hair_region", tuple(self.not_hair_region))
+        if not self.transfer:
+            raise ValueError("labels.transfer must name at least one parser class (hair: [10] for seg.pth).")
 
-def region(labels: torch.Tensor, label: int) -> torch.Tensor:
-    """`[B, H, W]` labels -> float `[B, 1, H, W]`, 1 where the label is `label`."""
-    return (labels == label).float().unsqueeze(1)
+
+def within(labels: torch.Tensor, classes: tuple[int, ...]) -> torch.Tensor:
+    """Bool `[B, H, W]`: where `labels` is one of `classes`."""
+    return torch.isin(labels, torch.tensor(classes, device=labels.device))
+
+
+def region(labels: torch.Tensor, classes: tuple[int, ...] | int) -> torch.Tensor:
+    """`[B, H, W]` labels -> float `[B, 1, H, W]`, 1 where the label is one of `classes`."""
+    classes = (classes,) if isinstance(classes, int) else classes
+    return within(labels, classes).float().unsqueeze(1)
 
 
 def _cross_dilate(mask: torch.Tensor, border: float) -> torch.Tensor:
@@ -91,19 +105,19 @@ def compose_target(identity: torch.Tensor, reference: torch.Tensor, labels: Pars
     the identity's map with its hair removed, the reference's hair pasted on, and the region where the
     reference has neither hair, background nor `not_hair_region` while the identity has background filled by
     `navier_stokes_fill`. `identity`, `reference`: long `[B, H, W]` parser labels of the two images."""
-    hair, background = labels.hair, labels.background
-    ref_is_hair = reference == hair
-    keep_out = torch.zeros_like(ref_is_hair)
-    for label in labels.not_hair_region:
-        keep_out |= reference == label
+    transfer, background, primary = labels.transfer, labels.background, labels.transfer[0]
+    ref_is_hair = within(reference, transfer)
+    keep_out = within(reference, labels.not_hair_region)
     uncovered = ~ref_is_hair & (reference != background) & ~keep_out & (identity == background)
-    without_hair = torch.where(identity == hair, torch.full_like(identity, background), identity)
-    pasted = torch.where(ref_is_hair, torch.full_like(identity, hair), without_hair)
-    holes = ((pasted != background) & (pasted != hair)) | uncovered
-    filled = navier_stokes_fill(pasted, holes, hair)
+    without_hair = torch.where(within(identity, transfer), torch.full_like(identity, background), identity)
+    pasted = torch.where(ref_is_hair, reference, without_hair)
+    pasted_hair = within(pasted, transfer)
+    holes = ((pasted != background) & ~pasted_hair) | uncovered
+    known = torch.where(pasted_hair, torch.full_like(pasted, primary), pasted)  # one level for the region
+    filled = navier_stokes_fill(known, holes, primary)
     target = torch.where(uncovered, filled, pasted)
     foreground = ((identity != background) | ref_is_hair).long()
-    return TargetMask(target, uncovered, foreground, region(identity, hair), region(reference, hair))
+    return TargetMask(target, uncovered, foreground, region(identity, transfer), region(reference, transfer))
 
 
 def resize_soft(mask: torch.Tensor, size: int) -> torch.Tensor:
