@@ -149,19 +149,24 @@ class _ChunkPlan:
     def _rank_near_ties_as_numpy(self) -> None:
         """np.hypot's rounding may rank channels whose squared magnitudes nearly tie the other way round."""
         near_tie = (self.squared >= self.best * (1 - _TIE_SQUARED)).sum(1) > 1  # [chunk, H, W]
-        if near_tie.any():
-            per_pixel = self.gradients.permute(0, 3, 4, 1, 2)[near_tie]  # [k, C, 2]
+        near_tie &= self.best[:, 0] > 0  # flat pixels tie in every channel, and count for nothing
+        where = near_tie.nonzero(as_tuple=True)  # found once, then indexed by position
+        if where[0].numel():
+            image, row, col = where
+            per_pixel = self.gradients[image, :, :, row, col]  # [k, C, 2]
             rows, cols = select_channel(per_pixel[..., 0], per_pixel[..., 1])
-            self.chosen_row[near_tie], self.chosen_col[near_tie] = rows, cols
+            self.chosen_row[where], self.chosen_col[where] = rows, cols
 
     def _bin_near_bounds_as_reference(self, turns: torch.Tensor) -> None:
         """Where this rounding and the reference's may differ, bin as the reference does."""
         n = self.orientations
         near_bound = (turns - turns.round()).abs_() < _NEAR_BOUND
-        if near_bound.any():
-            bins = orientation_bins(self.chosen_row[near_bound], self.chosen_col[near_bound], n).int()
+        near_bound &= self.magnitude > 0  # squared still; a zero gradient counts for nothing in any bin
+        where = near_bound.nonzero(as_tuple=True)
+        if where[0].numel():
+            bins = orientation_bins(self.chosen_row[where], self.chosen_col[where], n).int()
             within = torch.where(bins < n, bins, _slots_per_cell(n) - 1)
-            self.slots[near_bound] = within + self.cell_slots.expand_as(self.slots)[near_bound] + n
+            self.slots[where] = within + self.cell_slots[where] + n
 
 
 def _fold_slots(hist: torch.Tensor, orientations: int) -> torch.Tensor:  # [..., slots per cell]
