@@ -420,3 +420,12 @@ def test_inputs_that_need_gradients_take_the_differentiable_reference():
 def test_unknown_method_raises():
     with pytest.raises(ValueError, match="method"):
         hog(torch.zeros(1, 3, 16, 16), method="faster")
+
+
+def test_a_non_finite_pixel_stays_in_its_cell():
+    """A NaN angle casts to an arbitrary int: it must still land in its own cell, not raise or spill."""
+    images = torch.rand(2, 3, 32, 32)
+    images[0, 1, 5, 5] = float("nan")
+    spoilt = hog_cells(images, 9, 8).isnan().any(1)  # [B, rows, cols]
+    assert spoilt[0, 0, 0] and spoilt.sum() == 1
+    torch.testing.assert_close(hog_cells(images[1:], 9, 8), hog_cells(images[1:], 9, 8, method="reference"))

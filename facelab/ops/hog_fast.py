@@ -135,6 +135,7 @@ class _ChunkPlan:
         # Negative angles get their own slots: one that rounds up to 180 degrees is in no bin for skimage,
         # while +180 (g_row = +0, g_col < 0) is in bin 0 (180 % 180).
         self.slots.add_(self.negative, alpha=2 * n + 1)
+        self.slots.clamp_(n, 3 * n + 1)  # a NaN angle (non-finite input) must still index its own cell
         self.slots.add_(self.cell_slots)
         if self.exact:
             self._bin_near_bounds_as_reference(turns)
