@@ -55,7 +55,7 @@ class FitItems:
             if is_path and str(value).lower().endswith(IMAGE_EXTENSIONS):
                 sample[key] = self.load_image(value)
                 meta[f"{key}_path"] = value
-            elif is_path and str(value).lower().endswith(".pt"):
+            elif is_path and str(value).lower().endswith(".pt") and not key.startswith("generator"):
                 sample[key] = load_tensor_file(value, f"{item.source}: {key}")
                 meta[f"{key}_path"] = value
             else:
@@ -64,8 +64,14 @@ class FitItems:
 
     def collate(self, samples: Sequence[dict]) -> dict:
         """Stack tensors to `[B, ...]`; `meta` becomes a dict of per-item lists."""
-        batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0] if key != "meta"}
-        batch["meta"] = {key: [s["meta"].get(key) for s in samples] for key in samples[0]["meta"]}
+        # An optional tensor column some items lack (a DragGAN mask) is zeros there, its `<key>_path` None.
+        keys = list(dict.fromkeys(key for s in samples for key in s if key != "meta"))
+        batch = {}
+        for key in keys:
+            present = next(s[key] for s in samples if key in s)
+            batch[key] = torch.stack([s.get(key, torch.zeros_like(present)) for s in samples])
+        meta_keys = list(dict.fromkeys(key for s in samples for key in s["meta"]))
+        batch["meta"] = {key: [s["meta"].get(key) for s in samples] for key in meta_keys}
         return batch
 
     def batch(self, items: Sequence[FitItem]) -> dict:

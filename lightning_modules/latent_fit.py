@@ -125,6 +125,10 @@ class LatentFit(pl.LightningModule):
         """What is saved per item at the end of a stage, `{name: [B, ...]}`; by default the latents."""
         return dict(latents)
 
+    def check_item(self, values: dict, source: str) -> None:
+        """Raise a clear error (naming `source`, the manifest row) if an item cannot run; called for every
+        item before any fitting starts."""
+
     def finish_item(self, values: dict, item_dir: Path) -> list[Path]:
         """After an item's last stage, before its done record: extra files (e.g. a paste-back into the
         original photo); returns the paths written."""

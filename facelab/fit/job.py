@@ -114,6 +114,8 @@ class _SignalBetweenChunks:
 def _fit_items(cfg: DictConfig, items, records: FitRecords, todo: list, label: str, skipped: int) -> None:
     """The chunks of `todo` one after the other, until done or until a signal asks this process to stop."""
     module = instantiate(cfg.fit.module)  # once: its frozen networks serve every chunk
+    for item in todo:  # the method's own checks (e.g. a drag spec), before any fitting
+        module.check_item(item.values, item.source)
     if cfg.get("quiet_lightning", True):
         _quiet_lightning()
     all_ids = {item.item_id for item in items.all_items}

@@ -1,0 +1,107 @@
+"""DragGAN drags as a latent-fit job on a tiny random 128 px StyleGAN2 (facelab's own file format): the
+outputs, per-item stopping in a batch, batch independence and spec errors before any step. The step's math
+against the official formulas is tests/test_drag_math.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from facelab.fit.job import run_fit
+from facelab.fit.records import FitRecords
+from facelab.ops.drag_spec import DragSpecError
+from tests.conftest import compose_config
+from tests.fit_models import tiny_generator
+
+pytestmark = pytest.mark.slow
+DRAGS = """\
+- {item_id: one, seed: 1, handle_points: [[60, 60]], target_points: [[60, 70]]}
+- {item_id: two, seed: 2, handle_points: [[40, 40], [80, 90]], target_points: [[45, 40], [80, 80]]}
+- {item_id: near, seed: 3, handle_points: [[64, 64]], target_points: [[64, 65]]}
+"""
+
+
+@pytest.fixture(scope="module")
+def generator_file(tmp_path_factory) -> Path:
+    from facelab.nets.stylegan2_checkpoints import save_generator
+
+    path = tmp_path_factory.mktemp("draggan") / "g128.pt"
+    save_generator(tiny_generator(img_resolution=128), path)
+    return path
+
+
+def drag_config(generator_file: Path, manifest: Path, out: Path, *overrides: str):
+    return compose_config("fit", out.parent / f"hydra-{out.name}", [
+        "experiment=draggan", f"manifest={manifest}", f"output_dir={out}", "fit.image_size=128",
+        f"fit.module.generator_path={generator_file}", "fit.module.stages.drag.steps=12",
+        "fit.module.stages.drag.optimizer.lr=0.02", "fit.module.frame_every=4", "fit.module.frame_size=64",
+        "extras.print_config=false", "progress=lines", "checkpoint_every_n_steps=0", *overrides])
+
+
+def test_drags_in_one_batch_equal_drags_alone_and_one_that_arrived_stops_at_once(generator_file, tmp_path):
+    manifest = tmp_path / "drags.yaml"
+    manifest.write_text(DRAGS)
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    run_fit(drag_config(generator_file, manifest, together, "batch_size=3"))
+    run_fit(drag_config(generator_file, manifest, alone, "batch_size=1"))
+    for item_id in ("one", "two", "near"):
+        a = torch.load(together / "items" / item_id / "drag" / "ws.pt")
+        b = torch.load(alone / "items" / item_id / "drag" / "ws.pt")
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        steps = FitRecords(together).read_record(item_id)["steps"]["drag"]
+        assert steps == FitRecords(alone).read_record(item_id)["steps"]["drag"]
+        assert steps == (0 if item_id == "near" else 12)  # 1 px from its target: within the stop distance
+    from facelab.nets.stylegan2_checkpoints import load_generator
+    from facelab.ops.drag import seed_start_ws
+
+    seed_start = seed_start_ws(load_generator(generator_file), 1)[0]
+    moved = torch.load(together / "items" / "one" / "drag" / "ws.pt")  # [num_ws, w_dim]
+    assert torch.equal(moved[6:], seed_start[6:]) and not torch.allclose(moved[:6], seed_start[:6])
+    near = torch.load(together / "items" / "near" / "drag" / "ws.pt")
+    assert torch.equal(near, seed_start_ws(load_generator(generator_file), 3)[0])  # never updated
+
+
+def test_each_drag_writes_its_image_latent_json_pair_and_trajectory(generator_file, tmp_path):
+    manifest = tmp_path / "drags.yaml"
+    manifest.write_text(DRAGS)
+    out = tmp_path / "out"
+    run_fit(drag_config(generator_file, manifest, out, "batch_size=3"))
+    folder = out / "items" / "two" / "drag"
+    summary = json.loads((folder / "drag.json").read_text())
+    assert summary["steps"] == 12 and len(summary["per_step"]) == 12
+    assert summary["handles_start"] == [[40, 40], [80, 90]] and summary["targets"] == [[45.0, 40.0], [80.0, 80.0]]
+    assert summary["distance_start"] == pytest.approx([5.0, 10.0])
+    assert set(summary["per_step"][0]) == {"step", "motion", "mask", "total", "handles"}
+    assert Image.open(folder / "before_after.png").size == (256, 128)
+    gif = Image.open(folder / "trajectory.gif")
+    assert gif.n_frames == 12 // 4 + 1 and gif.size == (64, 64)
+    assert Image.open(folder / "image.png").size == (128, 128)
+    record = FitRecords(out).read_record("two")
+    assert "items/two/drag/trajectory.gif" in record["outputs"]
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ("{seed: 1, handle_points: [[60, 60], [10, 10]], target_points: [[60, 70]]}", "target_points"),
+    ("{seed: 1, handle_points: [[60, 200]], target_points: [[60, 70]]}", r"handle_points\[0\]"),
+    ("{handle_points: [[60, 60]], target_points: [[60, 70]]}", "seed"),
+])
+def test_a_bad_drag_spec_fails_before_any_step_naming_spec_and_field(generator_file, tmp_path, spec, field):
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(f"- {spec}\n")
+    out = tmp_path / "out"
+    with pytest.raises(DragSpecError, match=rf"drag spec .*bad.yaml entry 0, field '{field}'"):
+        run_fit(drag_config(generator_file, manifest, out))
+    assert not (out / "attempts").exists()
+
+
+def test_a_drag_spec_naming_another_generator_is_refused(generator_file, tmp_path):
+    other = tmp_path / "other.pt"
+    other.write_bytes(generator_file.read_bytes())
+    manifest = tmp_path / "other.yaml"
+    manifest.write_text(f"- {{seed: 1, generator: {other}, handle_points: [[60, 60]], target_points: [[60, 70]]}}\n")
+    with pytest.raises(DragSpecError, match="field 'generator'.*differs from the job's"):
+        run_fit(drag_config(generator_file, manifest, tmp_path / "out"))
