@@ -27,8 +27,8 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class Columns:
     """Which keys a fit method's items have: `required` ones, `optional` ones, which of them are paths, and
-    which optional ones default to another column's value (`defaults`: Barbershop's appearance reference is
-    its shape reference unless given).
+    which optional ones take another column's value when absent (`fallbacks`: Barbershop's appearance
+    reference is its shape reference unless given).
 
     A folder manifest fills the first required column with each image's path.
     """
@@ -36,13 +36,13 @@ class Columns:
     required: tuple[str, ...] = ("image",)
     optional: tuple[str, ...] = ()
     paths: tuple[str, ...] = ("image",)
-    defaults: tuple[tuple[str, str], ...] = ()
+    fallbacks: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_config(cls, spec: Mapping | None) -> Columns:
         spec = spec or {}
         lists = {key: tuple(spec.get(key, getattr(cls, key))) for key in ("required", "optional", "paths")}
-        return cls(**lists, defaults=tuple((spec.get("defaults") or {}).items()))
+        return cls(**lists, fallbacks=tuple((spec.get("fallbacks") or {}).items()))
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -145,7 +145,7 @@ def _make_item(values: dict, source: str, base: Path, columns: Columns, manifest
                     f"are taken from the manifest's folder {base})."
                 )
             values[key] = str(resolved)
-    for column, source_column in columns.defaults:
+    for column, source_column in columns.fallbacks:
         values.setdefault(column, values[source_column])
     item_id = str(values.pop("item_id", "") or Path(str(values[columns.required[0]])).stem)
     if not item_id or item_id.startswith(".") or any(c in item_id for c in _FORBIDDEN_IN_ID):
