@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,23 +28,43 @@ from facelab.nets.stylegan2_checkpoints import save_generator  # noqa: E402
 from lightning_modules.barbershop import Barbershop  # noqa: E402
 from tests.fit_models import save_random_bisenet, save_random_vgg16  # noqa: E402
 
-ORDER = ("embed_w", "embed_fs", "parse", "mask_fill_1", "mask_fill_2", "align_identity", "align_reference", "blend")
+ORDER = (
+    "embed_w",
+    "embed_fs",
+    "parse",
+    "mask_fill_1",
+    "mask_fill_2",
+    "align_identity",
+    "align_reference",
+    "blend",
+)
 
 
 def build(folder: Path, size: int, steps: int) -> Barbershop:
     torch.manual_seed(0)
-    save_generator(Generator(img_resolution=size).eval(), folder / f"g{size}.pt")  # config F: 512-d, full channels
+    save_generator(
+        Generator(img_resolution=size).eval(), folder / f"g{size}.pt"
+    )  # config F: 512-d, full channels
     parser = folder / "seg.pth"
     vgg = folder / "vgg16.pth"
     if not parser.exists():
         save_random_bisenet(parser)
         save_random_vgg16(vgg)
-    optimizer = lambda: torch.optim.Adam  # noqa: E731
-    stages = {name: {"steps": 0 if name == "parse" else steps,
-                     "optimizer": (lambda params, _o=optimizer(): _o(params, lr=0.01))} for name in ORDER}
-    return Barbershop(stages, folder / f"g{size}.pt", parser, parse_size=min(512, size), perceptual_size=256,
-                      pca_samples=10_000, pca_cache_dir=str(folder / "pca"), lpips_trunk_path=str(vgg),
-                      vgg_weights_path=str(vgg))
+    stages = {
+        name: {"steps": 0 if name == "parse" else steps, "optimizer": partial(torch.optim.Adam, lr=0.01)}
+        for name in ORDER
+    }
+    return Barbershop(
+        stages,
+        folder / f"g{size}.pt",
+        parser,
+        parse_size=min(512, size),
+        perceptual_size=256,
+        pca_samples=10_000,
+        pca_cache_dir=str(folder / "pca"),
+        lpips_trunk_path=str(vgg),
+        vgg_weights_path=str(vgg),
+    )
 
 
 def run_stage(module: Barbershop, stage: str, batch: dict) -> tuple[dict, float, int]:
@@ -58,8 +79,14 @@ def run_stage(module: Barbershop, stage: str, batch: dict) -> tuple[dict, float,
             module.stage_losses()[2]["total"].sum().backward()
             optimizer.step()
             with torch.no_grad():
-                module.project(stage, {n: getattr(module, f"latent_{n}") for n in module.latent_names
-                                       if getattr(module, f"latent_{n}") is not None})
+                module.project(
+                    stage,
+                    {
+                        n: getattr(module, f"latent_{n}")
+                        for n in module.latent_names
+                        if getattr(module, f"latent_{n}") is not None
+                    },
+                )
     outputs = module.final_results()[0]
     return outputs, time.perf_counter() - began, steps
 
@@ -77,12 +104,16 @@ def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[
         per_image[stage] = outputs
         batch = {**batch, "previous": {**batch.get("previous", {}), stage: outputs}}
     columns = ("identity", "shape", "appearance")
-    previous = {stage: {f"{c}_{name}": value[k::3] for k, c in enumerate(columns) for name, value in out.items()}
-                for stage, out in per_image.items()}
+    previous = {
+        stage: {f"{c}_{name}": value[k::3] for k, c in enumerate(columns) for name, value in out.items()}
+        for stage, out in per_image.items()
+    }
     item_batch = {c: images[k::3] for k, c in enumerate(columns)}
-    item_batch["meta"] = {"item_id": [f"t{i}" for i in range(batch_size)],
-                          "shape_path": [f"s{i}" for i in range(batch_size)],
-                          "appearance_path": [f"a{i}" for i in range(batch_size)]}
+    item_batch["meta"] = {
+        "item_id": [f"t{i}" for i in range(batch_size)],
+        "shape_path": [f"s{i}" for i in range(batch_size)],
+        "appearance_path": [f"a{i}" for i in range(batch_size)],
+    }
     for stage in ORDER[2:]:
         outputs, seconds, steps = run_stage(module, stage, {**item_batch, "previous": previous})
         timings[stage] = (seconds, steps)
@@ -91,7 +122,9 @@ def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--steps", type=int, default=2, help="optimiser steps of every stage")
@@ -110,9 +143,11 @@ def main() -> None:
                 total = sum(seconds for seconds, _ in timings.values())
                 rate = batch_size / total
                 base = base or rate
-                print(f"\n{size} px, B = {batch_size}: {total / batch_size:.2f} s per transfer at "
-                      f"{args.steps} steps per stage, {rate:.3f} transfers/s, x{rate / base:.2f} the items/s of "
-                      f"B = {args.batches[0]}")
+                print(
+                    f"\n{size} px, B = {batch_size}: {total / batch_size:.2f} s per transfer at "
+                    f"{args.steps} steps per stage, {rate:.3f} transfers/s, x{rate / base:.2f} the items/s "
+                    f"of B = {args.batches[0]}"
+                )
                 print("| stage | share | ms per step (whole batch) | ms per step per item |")
                 print("|---|---|---|---|")
                 for stage, (seconds, steps) in timings.items():

@@ -29,10 +29,18 @@ def is_image(value) -> bool:
 class InputPreparation:
     """Checks (and aligns) the image columns of items; `prepare(items)` returns the items to fit."""
 
-    def __init__(self, image_size: int, exact_size: bool = False, align: bool = False,
-                 aligned_dir: str | None = None, image_columns: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        image_size: int,
+        exact_size: bool = False,
+        align: bool = False,
+        aligned_dir: str | None = None,
+        image_columns: tuple[str, ...] = (),
+    ):
         if align and not aligned_dir:
-            raise ValueError("fit.align=true needs an aligned_dir for the crops (default: <output_dir>/aligned).")
+            raise ValueError(
+                "fit.align=true needs an aligned_dir for the crops (default: <output_dir>/aligned)."
+            )
         self.image_size, self.exact_size, self.align = image_size, exact_size, align
         self.aligned_dir = Path(aligned_dir) if aligned_dir else None
         self.image_columns = image_columns
@@ -65,8 +73,9 @@ class InputPreparation:
             return self._aligned(path, where)
         if self.exact_size and not aligned_size:
             raise ManifestError(
-                f"{where}: {path} is {width}x{height}, not an aligned {self.image_size}x{self.image_size} crop. "
-                "Align raw photos with fit.align=true (or facelab-align), or give crops of the generator's size."
+                f"{where}: {path} is {width}x{height}, not an aligned {self.image_size}x{self.image_size} "
+                "crop. Align raw photos with fit.align=true (or facelab-align), or give crops of the "
+                "generator's size."
             )
         return path
 

@@ -298,7 +298,9 @@ class Barbershop(LatentFit):
         state = {}
         for pair in PAIRS:
             image = self.synthesize(self._pair_start(previous, pair))
-            hair = nearest(region(self.parse_logits(image).argmax(1), self.labels.transfer), self.perceptual_size)
+            hair = nearest(
+                region(self.parse_logits(image).argmax(1), self.labels.transfer), self.perceptual_size
+            )
             state[f"style_mask_{pair}"] = hair
             state[f"style_image_{pair}"] = self.low(image) * hair
         return state
@@ -446,9 +448,21 @@ class Barbershop(LatentFit):
         image = self.low(self.synthesize_fs(ws, batch["previous"]["align_reference"]["f_appearance"]))
         return {
             "face": self.weights["face"]
-            * masked_lpips(self.lpips, image, self._lpips_target("identity_low", batch), state["face_mask"], self.blend_blocks),
+            * masked_lpips(
+                self.lpips,
+                image,
+                self._lpips_target("identity_low", batch),
+                state["face_mask"],
+                self.blend_blocks,
+            ),
             "hair": self.weights["hair"]
-            * masked_lpips(self.lpips, image, self._lpips_target("appearance_low", batch), state["hair_mask"], self.blend_blocks),
+            * masked_lpips(
+                self.lpips,
+                image,
+                self._lpips_target("appearance_low", batch),
+                state["hair_mask"],
+                self.blend_blocks,
+            ),
         }
 
     def project(self, stage: str, latents: dict) -> None:

@@ -62,18 +62,22 @@ class DragGAN(LatentFit):
     def image_size(self) -> int:
         return self.generator.img_resolution
 
-    # Inputs ---------------------------------------------------------------------------------------------------
+    # Inputs ----------------------------------------------------------------------------------------------
     def check_item(self, values: dict, source: str) -> None:
         """The drag spec's checks (facelab/ops/drag_spec.py) before any step: raises DragSpecError."""
         spec = {"generator": values.get("generator") or self.generator_path, **values}
         check_drag_spec(spec, source, load=self._same_generator)
         if values.get("seed") is None and values.get("latent") is None:
-            raise DragSpecError(f"drag spec {source}, field 'seed': give a seed or a latent (.pt) to start from")
+            raise DragSpecError(
+                f"drag spec {source}, field 'seed': give a seed or a latent (.pt) to start from"
+            )
 
     def _same_generator(self, path: Path):
         if Path(path).resolve() != Path(self.generator_path).resolve():
-            raise DragSpecError(f"generator {path} differs from the job's fit.module.generator_path "
-                                f"{self.generator_path}; drags of one job share one generator")
+            raise DragSpecError(
+                f"generator {path} differs from the job's fit.module.generator_path "
+                f"{self.generator_path}; drags of one job share one generator"
+            )
         return self.generator
 
     def start_ws(self, batch: dict) -> torch.Tensor:
@@ -97,35 +101,63 @@ class DragGAN(LatentFit):
         handles = torch.zeros(size, count, 2, dtype=torch.long)
         targets = torch.zeros(size, count, 2)
         valid = torch.zeros(size, count, dtype=torch.bool)
-        for index, (handle, target) in enumerate(zip(meta["handle_points"], meta["target_points"], strict=True)):
-            handles[index, : len(handle)] = torch.tensor(np.round(np.asarray(handle, dtype=np.float64))).long()
+        for index, (handle, target) in enumerate(
+            zip(meta["handle_points"], meta["target_points"], strict=True)
+        ):
+            handles[index, : len(handle)] = torch.tensor(
+                np.round(np.asarray(handle, dtype=np.float64))
+            ).long()
             targets[index, : len(target)] = torch.tensor(target, dtype=torch.float32)
             valid[index, : len(handle)] = True
         handles, targets, valid = handles.to(self.device), targets.to(self.device), valid.to(self.device)
         features0 = drag_features(self.generator, self.start_ws(batch))
         start = drag_start(features0, handles, self.image_size, self.settings)
         masks = batch.get("mask")
-        editable = (masks[:, :1] > 0).float() if masks is not None else torch.ones(size, 1, self.image_size,
-                                                                                      self.image_size)
-        has_mask = torch.tensor([p is not None for p in meta.get("mask_path", [None] * size)], dtype=torch.bool)
+        editable = (
+            (masks[:, :1] > 0).float()
+            if masks is not None
+            else torch.ones(size, 1, self.image_size, self.image_size)
+        )
+        has_mask = torch.tensor(
+            [p is not None for p in meta.get("mask_path", [None] * size)], dtype=torch.bool
+        )
         steps = self.stage_steps(stage)
         return {
-            "handles": handles, "targets": targets, "valid": valid, "features0": start.features0,
-            "reference": start.reference, "editable": editable.to(self.device), "has_mask": has_mask.to(self.device),
+            "handles": handles,
+            "targets": targets,
+            "valid": valid,
+            "features0": start.features0,
+            "reference": start.reference,
+            "editable": editable.to(self.device),
+            "has_mask": has_mask.to(self.device),
             "trajectory": handles[:, None].repeat(1, steps + 1, 1, 1),  # [B, steps + 1, N, 2]
-            "frames": torch.zeros(size, steps // self.frame_every + 2, 3, self.frame_size, self.frame_size,
-                                  dtype=torch.uint8, device=self.device),
+            "frames": torch.zeros(
+                size,
+                steps // self.frame_every + 2,
+                3,
+                self.frame_size,
+                self.frame_size,
+                dtype=torch.uint8,
+                device=self.device,
+            ),
         }
 
-    # The step -------------------------------------------------------------------------------------------------
+    # The step --------------------------------------------------------------------------------------------
     def item_losses(self, stage: str, latents: dict, batch: dict) -> dict[str, torch.Tensor]:
         state = batch["state"]
         features = drag_features(self.generator, latents["ws"])
         masked = state["has_mask"][:, None, None, None]
         editable = torch.where(masked, state["editable"], torch.ones_like(state["editable"]))
-        step = drag_step(features, DragStart(state["features0"], state["reference"]), state["handles"],
-                         state["targets"], state["valid"], editable if bool(masked.any()) else None,
-                         self.image_size, self.settings)
+        step = drag_step(
+            features,
+            DragStart(state["features0"], state["reference"]),
+            state["handles"],
+            state["targets"],
+            state["valid"],
+            editable if bool(masked.any()) else None,
+            self.image_size,
+            self.settings,
+        )
         if not self.final_pass:
             self._commit_tracking(batch, step.handle_points)
         self._finished = step.finished
@@ -150,22 +182,32 @@ class DragGAN(LatentFit):
     def _store_frames(self, positions: torch.Tensor, slots: torch.Tensor) -> None:
         ws = self.latents(positions)["ws"]
         image = self.generator.synthesis(ws, noise_mode="const")
-        small = torch.nn.functional.interpolate(image, size=(self.frame_size,) * 2, mode="bilinear",
-                                                antialias=True, align_corners=False)
+        small = torch.nn.functional.interpolate(
+            image, size=(self.frame_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+        )
         pixels = ((small.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         self.state("frames")[positions, slots] = pixels
 
-    # Outputs --------------------------------------------------------------------------------------------------
+    # Outputs ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def stage_outputs(self, stage: str, latents: dict, batch: dict) -> dict[str, torch.Tensor]:
         state = batch["state"]
         image = self.generator.synthesis(latents["ws"], noise_mode="const")
         start = self.generator.synthesis(self.start_ws(batch), noise_mode="const")
         distance = torch.linalg.norm(state["targets"] - state["handles"].float(), dim=-1)  # [B, N]
-        return {"image": image, "start_image": start, "ws": latents["ws"], "handles": state["handles"],
-                "targets": state["targets"], "valid": state["valid"], "distance": distance,
-                "trajectory": state["trajectory"], "frames": state["frames"],
-                "editable": state["editable"], "has_mask": state["has_mask"]}
+        return {
+            "image": image,
+            "start_image": start,
+            "ws": latents["ws"],
+            "handles": state["handles"],
+            "targets": state["targets"],
+            "valid": state["valid"],
+            "distance": distance,
+            "trajectory": state["trajectory"],
+            "frames": state["frames"],
+            "editable": state["editable"],
+            "has_mask": state["has_mask"],
+        }
 
     def final_results(self):
         self.final_pass = True
@@ -187,12 +229,17 @@ class DragGAN(LatentFit):
             "handles_start": trajectory[0][valid].tolist(),
             "targets": load("targets")[valid].tolist(),
             "handles_final": load("handles")[valid].tolist(),
-            "distance_start": torch.linalg.norm(load("targets") - trajectory[0].float(), dim=-1)[valid].tolist(),
+            "distance_start": torch.linalg.norm(load("targets") - trajectory[0].float(), dim=-1)[
+                valid
+            ].tolist(),
             "distance_final": load("distance")[valid].tolist(),
             "steps": steps,
             "seconds": record.get("fit_seconds"),
-            "per_step": [dict(zip(columns, map(float, line.split(",")), strict=True)) | {
-                "handles": trajectory[int(float(line.split(",")[0]))][valid].tolist()} for line in curves[1:]],
+            "per_step": [
+                dict(zip(columns, map(float, line.split(",")), strict=True))
+                | {"handles": trajectory[int(float(line.split(",")[0]))][valid].tolist()}
+                for line in curves[1:]
+            ],
         }
         written = [folder / "drag.json", folder / "before_after.png", folder / "trajectory.gif"]
         written[0].write_text(json.dumps(summary, indent=1))
@@ -211,15 +258,22 @@ class DragGAN(LatentFit):
         for slot in range(count):
             picture = frames[slot].permute(1, 2, 0).numpy().copy()
             if editable is not None:  # the fixed region dimmed
-                fixed = torch.nn.functional.interpolate(editable[None], size=picture.shape[:2])[0, 0].numpy() < 0.5
+                fixed = (
+                    torch.nn.functional.interpolate(editable[None], size=picture.shape[:2])[0, 0].numpy()
+                    < 0.5
+                )
                 picture[fixed] = (picture[fixed] * 0.6).astype(np.uint8)
             image = Image.fromarray(picture)
             draw = ImageDraw.Draw(image)
-            for (hy, hx), (ty, tx) in zip(trajectory[min(slot * self.frame_every, steps)][valid].tolist(),
-                                          targets.tolist(), strict=True):
-                draw.ellipse([hx * scale - 3, hy * scale - 3, hx * scale + 3, hy * scale + 3], fill=(255, 0, 0))
-                draw.ellipse([tx * scale - 3, ty * scale - 3, tx * scale + 3, ty * scale + 3], fill=(0, 0, 255))
+            for (hy, hx), (ty, tx) in zip(
+                trajectory[min(slot * self.frame_every, steps)][valid].tolist(), targets.tolist(), strict=True
+            ):
+                draw.ellipse(
+                    [hx * scale - 3, hy * scale - 3, hx * scale + 3, hy * scale + 3], fill=(255, 0, 0)
+                )
+                draw.ellipse(
+                    [tx * scale - 3, ty * scale - 3, tx * scale + 3, ty * scale + 3], fill=(0, 0, 255)
+                )
                 draw.line([hx * scale, hy * scale, tx * scale, ty * scale], fill=(255, 255, 255))
             pictures.append(image)
         pictures[0].save(written[2], save_all=True, append_images=pictures[1:], duration=100, loop=0)
-

@@ -78,17 +78,24 @@ class LatentFit(pl.LightningModule):
 
     image_outputs: dict[str, tuple[str, ...]] = {}
 
-    def __init__(self, stages: Mapping[str, Mapping], init_seed: int = 0, run_stages: list[str] | None = None):
+    def __init__(
+        self, stages: Mapping[str, Mapping], init_seed: int = 0, run_stages: list[str] | None = None
+    ):
         super().__init__()
         self.automatic_optimization = False  # the step masks stopped items and projects: done by hand
         if not stages:
-            raise ValueError("A latent fit needs at least one stage (fit.module.stages: {name: {steps, ...}}).")
+            raise ValueError(
+                "A latent fit needs at least one stage (fit.module.stages: {name: {steps, ...}})."
+            )
         unknown = sorted(set(run_stages or ()) - set(stages))
         if unknown:
             raise ValueError(f"run_stages names unknown stages {unknown}; the stages are {list(stages)}.")
         # run_stages: a method's leading stages alone (e.g. only Barbershop's embeddings), in config order
-        self.stage_settings = {name: dict(settings) for name, settings in stages.items()
-                               if run_stages is None or name in run_stages}
+        self.stage_settings = {
+            name: dict(settings)
+            for name, settings in stages.items()
+            if run_stages is None or name in run_stages
+        }
         for name, settings in self.stage_settings.items():
             if "steps" not in settings:
                 raise ValueError(f"fit.module.stages.{name} has no `steps`.")
@@ -158,7 +165,9 @@ class LatentFit(pl.LightningModule):
         size = len(batch_ids(batch))
         for name, latent in self.init_latents(stage, batch).items():
             value = latent.value.detach().clone()
-            assert value.shape[0] == size, f"latent {name!r}: [B={size}, ...] expected, got {tuple(value.shape)}"
+            assert value.shape[0] == size, (
+                f"latent {name!r}: [B={size}, ...] expected, got {tuple(value.shape)}"
+            )
             rows = _trainable_rows(latent.trainable, value)
             self.register_buffer(f"fixed_{name}", value)
             self.register_parameter(f"latent_{name}", nn.Parameter(value[:, rows].clone()) if rows else None)
@@ -271,8 +280,12 @@ class LatentFit(pl.LightningModule):
                 params = {n: p for n in self.latent_names if (p := getattr(self, f"latent_{n}")) is not None}
                 self.project(self.stage, params)
                 self.after_step(self.stage, self.latents(), self.stage_batch())
-        self.log(f"fit/{self.stage}/loss_per_item", terms["total"].mean().detach(), prog_bar=True,
-                 batch_size=len(positions))
+        self.log(
+            f"fit/{self.stage}/loss_per_item",
+            terms["total"].mean().detach(),
+            prog_bar=True,
+            batch_size=len(positions),
+        )
         if self.state("stopped").all():
             self.trainer.should_stop = True
 
@@ -280,8 +293,11 @@ class LatentFit(pl.LightningModule):
         if not self.state("stopped").any():
             return None
         stopped = self.state("stopped")
-        return {n: p.detach()[stopped].clone() for n in self.latent_names
-                if (p := getattr(self, f"latent_{n}")) is not None}
+        return {
+            n: p.detach()[stopped].clone()
+            for n in self.latent_names
+            if (p := getattr(self, f"latent_{n}")) is not None
+        }
 
     @torch.no_grad()
     def _restore_stopped(self, frozen: dict[str, torch.Tensor] | None) -> None:
@@ -315,13 +331,16 @@ class LatentFit(pl.LightningModule):
     @torch.no_grad()
     def final_results(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """(per-item outputs `{name: [B, ...]}`, final per-item losses `{name: [B]}`, steps taken `[B]`)."""
-        latents, batch, terms = self.stage_losses() if self.stage_steps(self.stage) else (
-            self.latents(), self.stage_batch(), {})
+        latents, batch, terms = (
+            self.stage_losses() if self.stage_steps(self.stage) else (self.latents(), self.stage_batch(), {})
+        )
         return self.stage_outputs(self.stage, latents, batch), terms, self.state("steps_taken").clone()
 
 
 def _trainable_rows(trainable: bool | slice, value: torch.Tensor) -> slice | None:
-    assert value.ndim >= 2, f"a latent is [B, ...] with at least one dimension per item, got {tuple(value.shape)}"
+    assert value.ndim >= 2, (
+        f"a latent is [B, ...] with at least one dimension per item, got {tuple(value.shape)}"
+    )
     if trainable is False:
         return None
     if trainable is True:

@@ -42,7 +42,10 @@ class ToyFit(LatentFit):
             starts = [torch.randn(dim, generator=g) * self.init_scale for g in self.item_generators(batch)]
             return {"latent": Latent(torch.stack(starts).to(self.device))}  # [B, latent_dim]
         latent = batch["previous"]["coarse"]["latent"]  # [B, latent_dim], fixed in this stage
-        return {"latent": Latent(latent, trainable=False), "residual": Latent(torch.zeros_like(batch["image"]))}
+        return {
+            "latent": Latent(latent, trainable=False),
+            "residual": Latent(torch.zeros_like(batch["image"])),
+        }
 
     def init_item_state(self, stage: str, batch: dict) -> dict[str, torch.Tensor]:
         if stage != "refine":

@@ -21,9 +21,25 @@ from tests.fit_models import save_random_bisenet, save_random_vgg16, save_tiny_g
 from tests.test_fit_items import make_faces
 
 pytestmark = pytest.mark.slow
-STAGES = ("embed_w", "embed_fs", "parse", "mask_fill_1", "mask_fill_2", "align_identity", "align_reference", "blend")
-STEPS = {"embed_w": 25, "embed_fs": 15, "mask_fill_1": 4, "mask_fill_2": 4, "align_identity": 6,
-         "align_reference": 6, "blend": 12}
+STAGES = (
+    "embed_w",
+    "embed_fs",
+    "parse",
+    "mask_fill_1",
+    "mask_fill_2",
+    "align_identity",
+    "align_reference",
+    "blend",
+)
+STEPS = {
+    "embed_w": 25,
+    "embed_fs": 15,
+    "mask_fill_1": 4,
+    "mask_fill_2": 4,
+    "align_identity": 6,
+    "align_reference": 6,
+    "blend": 12,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +56,24 @@ def models(tmp_path_factory) -> dict:
 
 def barbershop_config(models: dict, manifest: Path, out: Path, *overrides: str):
     tiny = [
-        "experiment=barbershop", f"manifest={manifest}", f"output_dir={out}", "fit.image_size=64",
-        f"fit.module.generator_path={models['generator']}", f"fit.module.parser_path={models['parser']}",
-        f"fit.module.lpips_trunk_path={models['vgg']}", f"fit.module.vgg_weights_path={models['vgg']}",
-        "fit.module.parse_size=64", "fit.module.perceptual_size=32", "fit.module.smooth=1",
-        "fit.module.blend_mask_iterations=1", "fit.module.pca_samples=2000",
-        f"fit.module.pca_cache_dir={models['folder'] / 'pca'}", f"cache_dir={models['folder'] / 'cache'}",
-        "extras.print_config=false", "progress=lines", "checkpoint_every_n_steps=0",
+        "experiment=barbershop",
+        f"manifest={manifest}",
+        f"output_dir={out}",
+        "fit.image_size=64",
+        f"fit.module.generator_path={models['generator']}",
+        f"fit.module.parser_path={models['parser']}",
+        f"fit.module.lpips_trunk_path={models['vgg']}",
+        f"fit.module.vgg_weights_path={models['vgg']}",
+        "fit.module.parse_size=64",
+        "fit.module.perceptual_size=32",
+        "fit.module.smooth=1",
+        "fit.module.blend_mask_iterations=1",
+        "fit.module.pca_samples=2000",
+        f"fit.module.pca_cache_dir={models['folder'] / 'pca'}",
+        f"cache_dir={models['folder'] / 'cache'}",
+        "extras.print_config=false",
+        "progress=lines",
+        "checkpoint_every_n_steps=0",
         *[f"fit.module.stages.{stage}.steps={steps}" for stage, steps in STEPS.items()],
     ]
     return compose_config("fit", out.parent / f"hydra-{out.name}", [*tiny, *overrides])
@@ -56,7 +83,9 @@ def write_manifest(models: dict, name: str, rows: list[dict]) -> Path:
     faces = models["folder"] / "faces"
     lines = []
     for row in rows:
-        cells = ", ".join(f"{key}: {faces / value if key != 'item_id' else value}" for key, value in row.items())
+        cells = ", ".join(
+            f"{key}: {faces / value if key != 'item_id' else value}" for key, value in row.items()
+        )
         lines.append(f"- {{{cells}}}")
     path = models["folder"] / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -98,8 +127,16 @@ def test_every_stage_runs_records_its_outputs_and_lowers_its_own_loss(transfer_j
             values = curve(transfer_job, item_id, stage)
             assert len(values) == steps and values[-1] < values[0], (item_id, stage, values)
     folder = transfer_job / "items" / "separate"
-    for name in ("embed_w/identity_w.pt", "embed_fs/shape_f.pt", "parse/labels_identity.pt", "mask_fill_2/target_shape.pt",
-                 "align_reference/f_shape.pt", "align_reference/aligned_appearance.png", "blend/u.pt", "blend/result.png"):
+    for name in (
+        "embed_w/identity_w.pt",
+        "embed_fs/shape_f.pt",
+        "parse/labels_identity.pt",
+        "mask_fill_2/target_shape.pt",
+        "align_reference/f_shape.pt",
+        "align_reference/aligned_appearance.png",
+        "blend/u.pt",
+        "blend/result.png",
+    ):
         assert (folder / name).is_file(), name
     u = torch.load(folder / "blend" / "u.pt")
     assert u.shape == (10, 32) and u.min() >= 0 and u.max() <= 1 and u.max() > 0  # projected, and it moved
@@ -112,17 +149,25 @@ def test_each_embedding_is_fitted_once_and_lowers_its_loss(transfer_job, models)
     for path in curves:
         totals = [float(line.split(",")[-1]) for line in path.read_text().splitlines()[1:]]
         assert len(totals) == STEPS["embed_w"] and totals[-1] < 0.8 * totals[0]
-    events = [e for e in FitRecords(transfer_job).events() if e["event"] == "start" and e.get("stage") == "embed_w"]
+    events = [
+        e for e in FitRecords(transfer_job).events() if e["event"] == "start" and e.get("stage") == "embed_w"
+    ]
     assert sum(len(e["items"]) for e in events) == 4
-    same = [torch.load(transfer_job / "items" / i / "embed_fs" / "identity_f.pt") for i in ("separate", "reuse")]
+    same = [
+        torch.load(transfer_job / "items" / i / "embed_fs" / "identity_f.pt") for i in ("separate", "reuse")
+    ]
     assert torch.equal(*same)  # one embedding of face0 serves both transfers
 
 
-def test_a_second_job_reuses_the_cache_and_a_damaged_entry_is_recomputed(transfer_job, models, tmp_path, caplog):
+def test_a_second_job_reuses_the_cache_and_a_damaged_entry_is_recomputed(
+    transfer_job, models, tmp_path, caplog
+):
     caplog.set_level(logging.INFO, logger="facelab")
     manifest = write_manifest(models, "again", ROWS[1:2])
     out = tmp_path / "again"
-    key = json.loads((transfer_job / "stages" / "shape_only" / "embed_fs.json").read_text())["cache_keys"]["shape"]
+    key = json.loads((transfer_job / "stages" / "shape_only" / "embed_fs.json").read_text())["cache_keys"][
+        "shape"
+    ]
     entry = models["folder"] / "cache" / key[:2] / key / "embed_fs" / "f.pt"
     original = entry.read_bytes()
     entry.write_bytes(original[:-10] + b"0123456789")  # a silent disk error
@@ -132,16 +177,24 @@ def test_a_second_job_reuses_the_cache_and_a_damaged_entry_is_recomputed(transfe
     assert log_lines[0].startswith("stage embed_w: 0 image(s) fitted, 2 embedding(s) reused")
     assert "1 image(s) fitted, 1 embedding(s) reused" in log_lines[1]
     for name in ("identity_f", "shape_f", "shape_w"):
-        assert torch.allclose(torch.load(out / "items/shape_only/embed_fs" / f"{name}.pt"),
-                              torch.load(transfer_job / "items/shape_only/embed_fs" / f"{name}.pt"), atol=1e-5)
+        assert torch.allclose(
+            torch.load(out / "items/shape_only/embed_fs" / f"{name}.pt"),
+            torch.load(transfer_job / "items/shape_only/embed_fs" / f"{name}.pt"),
+            atol=1e-5,
+        )
 
 
 def test_items_fitted_together_equal_items_fitted_alone(transfer_job, models, tmp_path):
     out = tmp_path / "alone"
     run_fit(barbershop_config(models, write_manifest(models, "three", ROWS), out, "batch_size=1"))
     for item_id in ("separate", "shape_only", "reuse"):
-        for stage, name in (("align_reference", "f_shape"), ("align_reference", "f_appearance"), ("blend", "u"),
-                            ("blend", "ws"), ("mask_fill_2", "target_shape")):
+        for stage, name in (
+            ("align_reference", "f_shape"),
+            ("align_reference", "f_appearance"),
+            ("blend", "u"),
+            ("blend", "ws"),
+            ("mask_fill_2", "target_shape"),
+        ):
             together = torch.load(transfer_job / "items" / item_id / stage / f"{name}.pt")
             alone = torch.load(out / "items" / item_id / stage / f"{name}.pt")
             if together.is_floating_point():
@@ -152,8 +205,10 @@ def test_items_fitted_together_equal_items_fitted_alone(transfer_job, models, tm
 
 def test_shape_only_transfer_uses_the_shape_pair_for_appearance(transfer_job):
     folder = transfer_job / "items" / "shape_only"
-    assert torch.equal(torch.load(folder / "align_reference/f_shape.pt"),
-                       torch.load(folder / "align_reference/f_appearance.pt"))
+    assert torch.equal(
+        torch.load(folder / "align_reference/f_shape.pt"),
+        torch.load(folder / "align_reference/f_appearance.pt"),
+    )
     assert set(curve(transfer_job, "shape_only", "align_identity", "ce_appearance")) == {0.0}
     assert max(curve(transfer_job, "separate", "align_identity", "ce_appearance")) > 0
 
@@ -191,13 +246,22 @@ def test_bad_manifests_fail_before_any_fitting_naming_row_and_file(models, tmp_p
     faces = models["folder"] / "faces"
     (tmp_path / "broken.png").write_bytes(b"not a png")
     cases = {
-        "missing": (f"- {{identity: {faces}/face0.png, shape: {tmp_path}/absent.png}}\n",
-                    r"entry 0: shape=.*absent.png.* does not exist"),
-        "column": (f"- {{identity: {faces}/face0.png}}\n", r"entry 0: missing required column\(s\) \['shape'\]"),
-        "unreadable": (f"- {{identity: {faces}/face0.png, shape: {tmp_path}/broken.png}}\n",
-                       r"entry 0: shape: .*broken.png"),
-        "size": (f"- {{identity: {faces}/face0.png, shape: {tmp_path}/small.png}}\n",
-                 r"entry 0: shape: .*small.png is 32x32.*64x64"),
+        "missing": (
+            f"- {{identity: {faces}/face0.png, shape: {tmp_path}/absent.png}}\n",
+            r"entry 0: shape=.*absent.png.* does not exist",
+        ),
+        "column": (
+            f"- {{identity: {faces}/face0.png}}\n",
+            r"entry 0: missing required column\(s\) \['shape'\]",
+        ),
+        "unreadable": (
+            f"- {{identity: {faces}/face0.png, shape: {tmp_path}/broken.png}}\n",
+            r"entry 0: shape: .*broken.png",
+        ),
+        "size": (
+            f"- {{identity: {faces}/face0.png, shape: {tmp_path}/small.png}}\n",
+            r"entry 0: shape: .*small.png is 32x32.*64x64",
+        ),
     }
     make_faces(tmp_path / "tmp", 1, size=32)[0].rename(tmp_path / "small.png")
     for name, (text, message) in cases.items():
@@ -219,16 +283,26 @@ FAST = [f"fit.module.stages.{stage}.steps=1" for stage in STEPS]
 
 
 def test_face_swap_transfers_the_face_classes_of_the_reference(models, tmp_path):
-    manifest = write_manifest(models, "swap", [{"item_id": "swap", "identity": "face0.png", "shape": "face1.png"}])
+    manifest = write_manifest(
+        models, "swap", [{"item_id": "swap", "identity": "face0.png", "shape": "face1.png"}]
+    )
     out = tmp_path / "swap"
-    cfg = barbershop_config(models, manifest, out, "experiment=barbershop_face_swap", *FAST,
-                            f"fit.module.parser_path={models['parser']}")
+    cfg = barbershop_config(
+        models,
+        manifest,
+        out,
+        "experiment=barbershop_face_swap",
+        *FAST,
+        f"fit.module.parser_path={models['parser']}",
+    )
     assert list(cfg.fit.module.labels.transfer) == [1, 2, 3, 4, 5, 6, 10, 11, 12, 13]
     assert run_fit(cfg)["fitted"] == 1
     parse = out / "items" / "swap" / "parse"
     reference, target = torch.load(parse / "labels_shape.pt"), torch.load(parse / "target_shape.pt")
     face = torch.isin(reference, torch.tensor(cfg.fit.module.labels.transfer))
-    assert face.any() and torch.equal(target[face], reference[face])  # the reference's face parts, as labelled
+    assert face.any() and torch.equal(
+        target[face], reference[face]
+    )  # the reference's face parts, as labelled
     assert (out / "items" / "swap" / "blend" / "result.png").is_file()
 
 
@@ -239,9 +313,14 @@ def test_a_raw_photo_is_aligned_first_and_the_result_pasted_back(models, tmp_pat
 
     save_image(data.astronaut(), tmp_path / "astronaut.png")
     manifest = tmp_path / "raw.yaml"
-    manifest.write_text(f"- {{item_id: raw, identity: {tmp_path}/astronaut.png, shape: {models['folder']}/faces/face1.png}}\n")
+    manifest.write_text(
+        f"- {{item_id: raw, identity: {tmp_path}/astronaut.png, shape: {models['folder']}/faces/face1.png}}\n"
+    )
     out = tmp_path / "raw"
-    assert run_fit(barbershop_config(models, manifest, out, *FAST, "align=true", "+paste_back=true"))["fitted"] == 1
+    assert (
+        run_fit(barbershop_config(models, manifest, out, *FAST, "align=true", "+paste_back=true"))["fitted"]
+        == 1
+    )
     record = json.loads((out / "stages" / "raw" / "embed_w.json").read_text())
     crop = Path(record["inputs"]["identity"])
     assert crop.parent == out / "aligned" and read_rgb(crop).shape == (64, 64, 3)
@@ -269,13 +348,23 @@ def test_reconstruction_table_reports_both_embeddings(models, tmp_path):
     from facelab.io.images import read_rgb
 
     out = tmp_path / "reconstruction"
-    cfg = barbershop_config(models, models["folder"] / "faces", out, "experiment=barbershop_reconstruction",
-                            "fit.module.stages.embed_w.steps=5", "fit.module.stages.embed_fs.steps=5")
+    cfg = barbershop_config(
+        models,
+        models["folder"] / "faces",
+        out,
+        "experiment=barbershop_reconstruction",
+        "fit.module.stages.embed_w.steps=5",
+        "fit.module.stages.embed_fs.steps=5",
+    )
     assert run_fit(cfg)["fitted"] == 4
     rows = reconstruction_rows(out, ("rmse", "psnr", "ssim"))
     assert [row["embedding"].split()[0] for row in rows] == ["W+", "FS"] and rows[0]["images"] == 4
     for row, stage in zip(rows, ("embed_w", "embed_fs"), strict=True):
-        values = [peak_signal_noise_ratio(read_rgb(models["folder"] / "faces" / f"face{i}.png"),
-                                          read_rgb(out / "items" / f"face{i}" / stage / "image_image.png"))
-                  for i in range(4)]
+        values = [
+            peak_signal_noise_ratio(
+                read_rgb(models["folder"] / "faces" / f"face{i}.png"),
+                read_rgb(out / "items" / f"face{i}" / stage / "image_image.png"),
+            )
+            for i in range(4)
+        ]
         assert row["psnr"] == pytest.approx(sum(values) / 4, abs=1e-3)

@@ -201,7 +201,9 @@ def test_masked_lpips_equals_the_official_formula_on_the_lpips_packages_network(
                 if depth + 1 in (1, 2, 3):
                     total += float((distance * resized).sum() / resized.sum())
             assert got[index] == pytest.approx(total, rel=1e-4)
-        full = masked_lpips(ours, x, lpips_features(ours, y), torch.ones(2, 1, 32, 32), blocks=(1, 2, 3, 4, 5))
+        full = masked_lpips(
+            ours, x, lpips_features(ours, y), torch.ones(2, 1, 32, 32), blocks=(1, 2, 3, 4, 5)
+        )
         assert torch.allclose(full, reference(x, y).flatten(), rtol=1e-4)  # an all-ones mask is LPIPS
         assert torch.allclose(lpips_per_item(ours, x, lpips_features(ours, y)), full, rtol=1e-5)
 

@@ -35,11 +35,25 @@ def generator_file(tmp_path_factory) -> Path:
 
 
 def drag_config(generator_file: Path, manifest: Path, out: Path, *overrides: str):
-    return compose_config("fit", out.parent / f"hydra-{out.name}", [
-        "experiment=draggan", f"manifest={manifest}", f"output_dir={out}", "fit.image_size=128",
-        f"fit.module.generator_path={generator_file}", "fit.module.stages.drag.steps=12",
-        "fit.module.stages.drag.optimizer.lr=0.02", "fit.module.frame_every=4", "fit.module.frame_size=64",
-        "extras.print_config=false", "progress=lines", "checkpoint_every_n_steps=0", *overrides])
+    return compose_config(
+        "fit",
+        out.parent / f"hydra-{out.name}",
+        [
+            "experiment=draggan",
+            f"manifest={manifest}",
+            f"output_dir={out}",
+            "fit.image_size=128",
+            f"fit.module.generator_path={generator_file}",
+            "fit.module.stages.drag.steps=12",
+            "fit.module.stages.drag.optimizer.lr=0.02",
+            "fit.module.frame_every=4",
+            "fit.module.frame_size=64",
+            "extras.print_config=false",
+            "progress=lines",
+            "checkpoint_every_n_steps=0",
+            *overrides,
+        ],
+    )
 
 
 def test_drags_in_one_batch_equal_drags_alone_and_one_that_arrived_stops_at_once(generator_file, tmp_path):
@@ -73,7 +87,10 @@ def test_each_drag_writes_its_image_latent_json_pair_and_trajectory(generator_fi
     folder = out / "items" / "two" / "drag"
     summary = json.loads((folder / "drag.json").read_text())
     assert summary["steps"] == 12 and len(summary["per_step"]) == 12
-    assert summary["handles_start"] == [[40, 40], [80, 90]] and summary["targets"] == [[45.0, 40.0], [80.0, 80.0]]
+    assert summary["handles_start"] == [[40, 40], [80, 90]] and summary["targets"] == [
+        [45.0, 40.0],
+        [80.0, 80.0],
+    ]
     assert summary["distance_start"] == pytest.approx([5.0, 10.0])
     assert set(summary["per_step"][0]) == {"step", "motion", "mask", "total", "handles"}
     assert Image.open(folder / "before_after.png").size == (256, 128)
@@ -84,11 +101,14 @@ def test_each_drag_writes_its_image_latent_json_pair_and_trajectory(generator_fi
     assert "items/two/drag/trajectory.gif" in record["outputs"]
 
 
-@pytest.mark.parametrize(("spec", "field"), [
-    ("{seed: 1, handle_points: [[60, 60], [10, 10]], target_points: [[60, 70]]}", "target_points"),
-    ("{seed: 1, handle_points: [[60, 200]], target_points: [[60, 70]]}", r"handle_points\[0\]"),
-    ("{handle_points: [[60, 60]], target_points: [[60, 70]]}", "seed"),
-])
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("{seed: 1, handle_points: [[60, 60], [10, 10]], target_points: [[60, 70]]}", "target_points"),
+        ("{seed: 1, handle_points: [[60, 200]], target_points: [[60, 70]]}", r"handle_points\[0\]"),
+        ("{handle_points: [[60, 60]], target_points: [[60, 70]]}", "seed"),
+    ],
+)
 def test_a_bad_drag_spec_fails_before_any_step_naming_spec_and_field(generator_file, tmp_path, spec, field):
     manifest = tmp_path / "bad.yaml"
     manifest.write_text(f"- {spec}\n")
@@ -102,6 +122,8 @@ def test_a_drag_spec_naming_another_generator_is_refused(generator_file, tmp_pat
     other = tmp_path / "other.pt"
     other.write_bytes(generator_file.read_bytes())
     manifest = tmp_path / "other.yaml"
-    manifest.write_text(f"- {{seed: 1, generator: {other}, handle_points: [[60, 60]], target_points: [[60, 70]]}}\n")
+    manifest.write_text(
+        f"- {{seed: 1, generator: {other}, handle_points: [[60, 60]], target_points: [[60, 70]]}}\n"
+    )
     with pytest.raises(DragSpecError, match="field 'generator'.*differs from the job's"):
         run_fit(drag_config(generator_file, manifest, tmp_path / "out"))

@@ -186,8 +186,9 @@ def test_records_outputs_then_done_and_count_attempts(tmp_path):
     assert not records.is_stage_done("b", "fit")
     with pytest.raises(FileNotFoundError, match="no record of stage 'fit'"):
         records.read_stage_outputs("b", "fit")
-    records.write_curves("b", "fit", [{"item_id": "b", "step": 0, "mse": 0.5}, {"item_id": "b", "step": 1,
-                                                                              "mse": 0.25}])
+    records.write_curves(
+        "b", "fit", [{"item_id": "b", "step": 0, "mse": 0.5}, {"item_id": "b", "step": 1, "mse": 0.25}]
+    )
     records.write_stage_done("b", "fit", {"outputs": files})
     records.write_done("b", {"losses": {"mse": 0.5}, "attempt": records.start_counts()["b"]})
     assert files == ["items/b/fit/render.png", "items/b/fit/latents.pt", "items/b/fit/mask.png"]

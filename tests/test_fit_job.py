@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 import os
 import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,12 @@ from tests.conftest import compose_config
 from tests.test_fit_items import make_faces
 
 BIN = Path(sys.executable).parent
-FIT_TINY = ["fit.module.stages.coarse.steps=20", "fit.module.stages.refine.steps=5",
-            "extras.print_config=false", "progress=lines"]
+FIT_TINY = [
+    "fit.module.stages.coarse.steps=20",
+    "fit.module.stages.refine.steps=5",
+    "extras.print_config=false",
+    "progress=lines",
+]
 
 
 def fit_config(tmp_path: Path, manifest: Path, output_dir: Path, *overrides: str):
@@ -86,9 +90,12 @@ def test_toy_fit_records_every_stage_of_every_item_and_its_outputs_match_its_rec
         record = json.loads((out / "done" / f"{item_id}.json").read_text())
         assert record["steps"] == {"coarse": 20, "refine": 5} and record["attempt"] == 1
         assert record["outputs"] == [
-            f"items/{item_id}/coarse/latent.pt", f"items/{item_id}/coarse/render.png",
-            f"items/{item_id}/refine/latent.pt", f"items/{item_id}/refine/residual.pt",
-            f"items/{item_id}/refine/render.png", f"items/{item_id}/refine/mse_gain.pt",
+            f"items/{item_id}/coarse/latent.pt",
+            f"items/{item_id}/coarse/render.png",
+            f"items/{item_id}/refine/latent.pt",
+            f"items/{item_id}/refine/residual.pt",
+            f"items/{item_id}/refine/render.png",
+            f"items/{item_id}/refine/mse_gain.pt",
         ]
         coarse = record["losses"]["coarse"]
         assert coarse["mse"] < 0.8 * float(before[index])  # the fit fits (20 steps, a 32-d latent)
@@ -126,14 +133,17 @@ def test_rerun_skips_done_items_and_resumes_each_at_its_first_unrecorded_stage(t
     assert run_fit(cfg) == {"rank": 0, "world": 1, "items": 5, "fitted": 1, "skipped": 4}
     after = snapshot(out)
     changed = {name for name in after if after[name] != before[name]}
-    assert changed <= {f"items/face3/refine/{n}" for n in
-                       ("latent.pt", "residual.pt", "render.png", "mse_gain.pt", "curves.csv")} | {
-        "done/face3.json", "stages/face3/refine.json"}
+    assert changed <= {
+        f"items/face3/refine/{n}"
+        for n in ("latent.pt", "residual.pt", "render.png", "mse_gain.pt", "curves.csv")
+    } | {"done/face3.json", "stages/face3/refine.json"}
     assert "done/face3.json" in changed and "stages/face3/refine.json" in changed
     assert event_counts(out, "start", "coarse")["face3"] == 1  # coarse was not redone
     assert json.loads((out / "done/face3.json").read_text())["attempt"] == 2
     # refined alone, not beside face2 as the first time: the same result
-    torch.testing.assert_close(latent(out, "face3", "refine", "residual"), first_refined, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        latent(out, "face3", "refine", "residual"), first_refined, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_only_stage_reruns_one_stage_from_the_recorded_earlier_ones(tmp_path, faces):
@@ -143,8 +153,10 @@ def test_only_stage_reruns_one_stage_from_the_recorded_earlier_ones(tmp_path, fa
     run_fit(fit_config(tmp_path, faces, out, "only_stage=refine", "fit.module.stages.refine.steps=9"))
     after = snapshot(out)
     assert {n for n in after if after[n] != before[n] and n.startswith("items/")} == {
-        f"items/face{i}/refine/{n}" for i in range(5)
-        for n in ("latent.pt", "residual.pt", "render.png", "mse_gain.pt", "curves.csv")}
+        f"items/face{i}/refine/{n}"
+        for i in range(5)
+        for n in ("latent.pt", "residual.pt", "render.png", "mse_gain.pt", "curves.csv")
+    }
     assert json.loads((out / "stages/face0/refine.json").read_text())["steps"] == 9
     assert json.loads((out / "done/face0.json").read_text())["steps"]["refine"] == 5  # the job's record stays
     with pytest.raises(ValueError, match="only_stage='polish'.*coarse.*refine"):
@@ -154,17 +166,23 @@ def test_only_stage_reruns_one_stage_from_the_recorded_earlier_ones(tmp_path, fa
 @pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.SGD"])
 def test_an_items_result_does_not_depend_on_its_batch_companions(tmp_path, faces, optimizer):
     """Fails if the per-item losses were averaged: with SGD the step of a batch of 3 would shrink 3-fold."""
-    overrides = [f"fit.module.stages.coarse.optimizer._target_={optimizer}",
-                 "fit.module.stages.coarse.optimizer.lr=0.5"]
+    overrides = [
+        f"fit.module.stages.coarse.optimizer._target_={optimizer}",
+        "fit.module.stages.coarse.optimizer.lr=0.5",
+    ]
     alone, together = tmp_path / "alone", tmp_path / "together"
     run_fit(fit_config(tmp_path, faces, alone, "batch_size=1", *overrides))
     run_fit(fit_config(tmp_path, faces, together, "batch_size=3", *overrides))
     for item_id in ("face0", "face1", "face2", "face3", "face4"):
         torch.testing.assert_close(latent(together, item_id), latent(alone, item_id), rtol=1e-5, atol=1e-6)
-        # Adam divides by sqrt(v): where a pixel's gradient is ~0, float-rounding differences of the generator's
-        # batched matmul (1e-7) can move that pixel by up to lr * 1e-3; elsewhere the results are equal.
-        torch.testing.assert_close(latent(together, item_id, "refine", "residual"),
-                                   latent(alone, item_id, "refine", "residual"), rtol=1e-5, atol=1e-4)
+        # Adam divides by sqrt(v): where a pixel's gradient is ~0, float-rounding differences of the
+        # generator's batched matmul (1e-7) can move that pixel by up to lr * 1e-3; elsewhere they are equal.
+        torch.testing.assert_close(
+            latent(together, item_id, "refine", "residual"),
+            latent(alone, item_id, "refine", "residual"),
+            rtol=1e-5,
+            atol=1e-4,
+        )
     assert not torch.allclose(latent(alone, "face0"), latent(alone, "face1"), atol=1e-2)  # items do differ
 
 
@@ -229,7 +247,10 @@ def test_trainable_rows_leave_the_fixed_rows_untouched_and_out_of_the_optimiser(
 
 
 def test_optimisers_that_couple_items_are_refused(tmp_path, faces):
-    lbfgs = ["fit.module.stages.coarse.optimizer._target_=torch.optim.LBFGS", "~fit.module.stages.coarse.optimizer.lr"]
+    lbfgs = [
+        "fit.module.stages.coarse.optimizer._target_=torch.optim.LBFGS",
+        "~fit.module.stages.coarse.optimizer.lr",
+    ]
     with pytest.raises(ValueError, match="L-BFGS mixes every item"):
         run_fit(fit_config(tmp_path, faces, tmp_path / "a", *lbfgs))
     with pytest.raises(ValueError, match="gradient_clip_val is set"):
@@ -253,8 +274,11 @@ def test_chunk_checkpoint_holds_latents_and_item_state_and_resuming_it_equals_an
     def fit(ckpt_path=None) -> tuple[torch.Tensor, list]:
         module = instantiate(cfg.fit.module)
         trainer = instantiate(
-            cfg.trainer, max_steps=10, default_root_dir=str(chunk_dir),
-            callbacks=[ChunkCheckpoint(every_n_steps=4)], _convert_="all",
+            cfg.trainer,
+            max_steps=10,
+            default_root_dir=str(chunk_dir),
+            callbacks=[ChunkCheckpoint(every_n_steps=4)],
+            _convert_="all",
         )
         module.begin_stage("refine", batch)
         trainer.fit(module, train_dataloaders=DataLoader(range(10), batch_size=None), ckpt_path=ckpt_path)
@@ -264,8 +288,13 @@ def test_chunk_checkpoint_holds_latents_and_item_state_and_resuming_it_equals_an
     checkpoint = torch.load(chunk_dir / "chunk.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 8  # every 4 steps, never the last one
     assert sorted(checkpoint["state_dict"]) == [  # no frozen generator in it
-        "fixed_latent", "fixed_residual", "latent_residual", "state_start_mse", "state_steps_taken",
-        "state_stopped"]
+        "fixed_latent",
+        "fixed_residual",
+        "latent_residual",
+        "state_start_mse",
+        "state_steps_taken",
+        "state_stopped",
+    ]
     assert checkpoint["state_dict"]["latent_residual"].shape == (3, 3, 16, 16)
     assert checkpoint["fit_stage"] == "refine" and len(checkpoint["fit_curves"]) == 3 * 8
     assert len(checkpoint["optimizer_states"][0]["state"]) == 1  # Adam's moments of the residual
@@ -279,15 +308,21 @@ def test_pt_columns_load_latents_saved_by_another_job(tmp_path, faces):
     torch.save(torch.ones(4, 2), tmp_path / "w.pt")
     (tmp_path / "m.yaml").write_text(f"- {{image: {faces}/face0.png, start: {tmp_path}/w.pt}}\n")
     columns = Columns(required=("image",), optional=("start",), paths=("image", "start"))
-    items = FitItems(str(tmp_path / "m.yaml"), columns={"required": ["image"], "optional": ["start"],
-                                                         "paths": ["image", "start"]}, image_size=16)
+    items = FitItems(
+        str(tmp_path / "m.yaml"),
+        columns={"required": ["image"], "optional": ["start"], "paths": ["image", "start"]},
+        image_size=16,
+    )
     assert columns.allowed == ("item_id", "image", "start")
     batch = items.batch(items.items)
     assert torch.equal(batch["start"], torch.ones(1, 4, 2)) and batch["image"].shape == (1, 3, 16, 16)
     (tmp_path / "bad.pt").write_bytes(b"not a tensor file")
     (tmp_path / "m.yaml").write_text(f"- {{image: {faces}/face0.png, start: {tmp_path}/bad.pt}}\n")
-    items = FitItems(str(tmp_path / "m.yaml"), columns={"required": ["image"], "optional": ["start"],
-                                                         "paths": ["image", "start"]}, image_size=16)
+    items = FitItems(
+        str(tmp_path / "m.yaml"),
+        columns={"required": ["image"], "optional": ["start"], "paths": ["image", "start"]},
+        image_size=16,
+    )
     with pytest.raises(ValueError, match=r"m.yaml entry 0: start: .*bad.pt is not a readable tensor file"):
         items.batch(items.items)
 
@@ -298,8 +333,10 @@ def test_two_shards_fit_disjoint_halves_into_one_output_dir(tmp_path, faces):
         summary = run_fit(fit_config(tmp_path, faces, out, f"shard.rank={rank}", "shard.world=2"))
         assert summary["items"] == (3 if rank == 0 else 2) and summary["fitted"] == summary["items"]
     starts = [event for event in FitRecords(out).events() if event["event"] == "start"]
-    by_rank = {rank: sorted(i for e in starts if e["rank"] == rank and e["stage"] == "coarse"
-                            for i in e["items"]) for rank in (0, 1)}
+    by_rank = {
+        rank: sorted(i for e in starts if e["rank"] == rank and e["stage"] == "coarse" for i in e["items"])
+        for rank in (0, 1)
+    }
     assert by_rank == {0: ["face0", "face2", "face4"], 1: ["face1", "face3"]}
     assert FitRecords(out).done_ids() == {f"face{index}" for index in range(5)}
 
@@ -365,7 +402,9 @@ def test_killed_and_preempted_jobs_end_with_every_item_done_exactly_once(tmp_pat
         "extras.print_config=false",
     ]
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    chunk_dirs = [killed / "partial" / chunk_key([f"face{2 * k}", f"face{2 * k + 1}"], "coarse") for k in range(3)]
+    chunk_dirs = [
+        killed / "partial" / chunk_key([f"face{2 * k}", f"face{2 * k + 1}"], "coarse") for k in range(3)
+    ]
 
     first = _facelab_fit(*job, f"output_dir={killed}", "hydra.run.dir=run1", cwd=tmp_path)
     _wait_for(chunk_dirs[1] / "chunk.ckpt", first)
@@ -418,8 +457,9 @@ def test_killed_and_preempted_jobs_end_with_every_item_done_exactly_once(tmp_pat
         torch.set_num_threads(threads)
     for item_id in ids:  # resuming from either checkpoint changed nothing
         assert torch.equal(latent(killed, item_id), latent(reference, item_id)), item_id
-        assert torch.equal(latent(killed, item_id, "refine", "residual"),
-                           latent(reference, item_id, "refine", "residual")), item_id
+        assert torch.equal(
+            latent(killed, item_id, "refine", "residual"), latent(reference, item_id, "refine", "residual")
+        ), item_id
 
 
 def test_facelab_fit_console_script_is_a_hydra_app(tmp_path):

@@ -50,14 +50,18 @@ def test_array_task_killed_mid_item_and_resubmitted_fits_every_item_exactly_once
     make_faces(tmp_path / "faces", 6)
     out = tmp_path / "out"
     array_job = _submit(tmp_path, "0-2", "fit.module.stages.coarse.steps=300")  # 3 shards of 2 items
-    task_1_first_item = out / "partial" / chunk_key(["face1"], "coarse") / "chunk.ckpt"  # rank 1 of 3: face1, face4
+    task_1_first_item = (
+        out / "partial" / chunk_key(["face1"], "coarse") / "chunk.ckpt"
+    )  # rank 1 of 3: face1, face4
     wait_for(task_1_first_item.exists, 600, "task 1's first checkpoint")
     subprocess.run(["scancel", "--signal=KILL", f"{array_job}_1"], check=True)
     wait_for_job(array_job)
     assert FitRecords(out).done_ids() == {"face0", "face2", "face3", "face5"}, _logs(tmp_path)
     before = snapshot(out)
 
-    rerun_job = _submit(tmp_path, "1", "fit.module.stages.coarse.steps=300", "shard.world=3")  # task 1 alone, still 1 of 3
+    rerun_job = _submit(
+        tmp_path, "1", "fit.module.stages.coarse.steps=300", "shard.world=3"
+    )  # task 1 alone, still 1 of 3
     wait_for_job(rerun_job)
     logs = _logs(tmp_path)
 
@@ -69,7 +73,9 @@ def test_array_task_killed_mid_item_and_resubmitted_fits_every_item_exactly_once
     starts = event_counts(out, "start", "coarse")
     assert starts == {**dict.fromkeys(ids, 1), "face1": 2}  # only the killed one twice
     killed = FitRecords(out).read_record("face1")
-    assert killed["slurm_array_task_id"] == "1" and killed["attempt"] == 2 and killed["steps"]["coarse"] == 300
+    assert (
+        killed["slurm_array_task_id"] == "1" and killed["attempt"] == 2 and killed["steps"]["coarse"] == 300
+    )
     assert Path(stage_record(out, "face1")["resumed_from"]).name == "chunk.ckpt"
     job_of = {item_id: FitRecords(out).read_record(item_id)["slurm_array_job_id"] for item_id in ids}
     assert job_of == {**dict.fromkeys(ids, array_job), "face1": rerun_job, "face4": rerun_job}
@@ -82,7 +88,11 @@ def test_preemption_signal_requeues_the_task_which_resumes_its_chunk(tmp_path):
     out = tmp_path / "out"
     # A long item (seconds even on an idle machine): the signal lands inside its fit, not after it.
     array_job = _submit(tmp_path, "0-1", f"fit.module.stages.coarse.steps={STEPS}")
-    wait_for((out / "partial" / chunk_key(["face0"], "coarse") / "chunk.ckpt").exists, 600, "task 0's first checkpoint")
+    wait_for(
+        (out / "partial" / chunk_key(["face0"], "coarse") / "chunk.ckpt").exists,
+        600,
+        "task 0's first checkpoint",
+    )
     # what `#SBATCH --signal=SIGUSR1@90` sends before the time limit
     subprocess.run(["scancel", "--signal=USR1", f"{array_job}_0"], check=True)
     start_requeued_job_now(f"{array_job}_0")

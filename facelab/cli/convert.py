@@ -23,8 +23,12 @@ def convert_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="facelab-convert", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="NVlabs .pkl, rosinality .pt (g_ema + latent_avg) or facelab file")
     parser.add_argument("target", help="output file")
-    parser.add_argument("--format", choices=("facelab", "rosinality"), default="facelab",
-                        help="facelab's own file (default) or rosinality's g_ema + latent_avg layout")
+    parser.add_argument(
+        "--format",
+        choices=("facelab", "rosinality"),
+        default="facelab",
+        help="facelab's own file (default) or rosinality's g_ema + latent_avg layout",
+    )
     args = parser.parse_args(argv)
     generator = load_generator(args.source)
     if args.format == "rosinality":

@@ -28,7 +28,9 @@ def as_unit(path: str | Path) -> torch.Tensor:
     return (to_tensor(read_rgb(path).copy()) + 1) / 2  # [3, H, W] in [0, 1]
 
 
-def reconstruction_rows(output_dir: str | Path, metrics=RECONSTRUCTION_METRICS, batch_size: int = 16) -> list[dict]:
+def reconstruction_rows(
+    output_dir: str | Path, metrics=RECONSTRUCTION_METRICS, batch_size: int = 16
+) -> list[dict]:
     records = FitRecords(output_dir)
     item_ids = sorted(records.done_ids())
     if not item_ids:
@@ -43,7 +45,9 @@ def reconstruction_rows(output_dir: str | Path, metrics=RECONSTRUCTION_METRICS, 
                 original = as_unit(record["inputs"]["image"])
                 rebuilt = as_unit(records.stage_dir(item_id, stage) / "image_image.png")
                 if rebuilt.shape != original.shape:
-                    raise ValueError(f"{item_id}: reconstruction {tuple(rebuilt.shape)} vs input {tuple(original.shape)}")
+                    raise ValueError(
+                        f"{item_id}: reconstruction {tuple(rebuilt.shape)} vs input {tuple(original.shape)}"
+                    )
                 pairs.append((rebuilt, original))
             suite.update(torch.stack([p for p, _ in pairs]), torch.stack([o for _, o in pairs]))
         row = suite.compute()[0]
@@ -52,7 +56,9 @@ def reconstruction_rows(output_dir: str | Path, metrics=RECONSTRUCTION_METRICS, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("output_dir")
     parser.add_argument("--metrics", nargs="+", default=list(RECONSTRUCTION_METRICS))
     args = parser.parse_args(argv)

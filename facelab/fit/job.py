@@ -155,16 +155,23 @@ def _fit_chunk(cfg: DictConfig, module, items, records: FitRecords, cache, chunk
     if only:
         return ""
     for item in chunk:
-        stage_records = {s: json.loads(records.stage_record_path(item.item_id, s).read_text())
-                         for s in module.stage_names}
-        extra = [str(p.relative_to(records.root)) for p in module.finish_item(item.values, records.item_dir(item.item_id))]
-        records.write_done(item.item_id, {
-            "stages": module.stage_names,
-            "steps": {s: r.get("steps", 0) for s, r in stage_records.items()},
-            "losses": {s: r.get("losses", {}) for s, r in stage_records.items()},
-            "attempt": max([records.start_counts(s)[item.item_id] for s in module.stage_names] + [1]),
-            "outputs": [f for r in stage_records.values() for f in r.get("outputs", [])] + extra,
-        })
+        stage_records = {
+            s: json.loads(records.stage_record_path(item.item_id, s).read_text()) for s in module.stage_names
+        }
+        extra = [
+            str(p.relative_to(records.root))
+            for p in module.finish_item(item.values, records.item_dir(item.item_id))
+        ]
+        records.write_done(
+            item.item_id,
+            {
+                "stages": module.stage_names,
+                "steps": {s: r.get("steps", 0) for s, r in stage_records.items()},
+                "losses": {s: r.get("losses", {}) for s, r in stage_records.items()},
+                "attempt": max([records.start_counts(s)[item.item_id] for s in module.stage_names] + [1]),
+                "outputs": [f for r in stage_records.values() for f in r.get("outputs", [])] + extra,
+            },
+        )
         records.log_event("done", [item.item_id])
     progress.advance(len(chunk), time.perf_counter() - began)
     return ""

@@ -82,8 +82,14 @@ class FitRecords:
     def log_event(self, event: str, item_ids: list[str], **fields) -> None:
         """Append one line to this process's attempt log (one `write` of a short line: never interleaved)."""
         self.attempt_log.parent.mkdir(parents=True, exist_ok=True)
-        line = {"event": event, "items": list(item_ids), "time": time.time(), **job_context(), **self.context,
-                **fields}
+        line = {
+            "event": event,
+            "items": list(item_ids),
+            "time": time.time(),
+            **job_context(),
+            **self.context,
+            **fields,
+        }
         with self.attempt_log.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
             handle.flush()
@@ -123,8 +129,10 @@ class FitRecords:
     ) -> list[str]:
         """One item's tensors of one stage: names in `image_names` as PNG (`[3, H, W]` in [-1, 1] or
         `[1, H, W]` masks in [0, 1]), the others as .pt (each written atomically)."""
-        return [str(p.relative_to(self.root)) for p in write_tensors(self.stage_dir(item_id, stage), outputs,
-                                                                       image_names)]
+        return [
+            str(p.relative_to(self.root))
+            for p in write_tensors(self.stage_dir(item_id, stage), outputs, image_names)
+        ]
 
     def read_stage_outputs(self, item_id: str, stage: str) -> dict[str, torch.Tensor]:
         """The .pt outputs of a recorded stage (what a later stage reads)."""
@@ -134,8 +142,10 @@ class FitRecords:
                 f"Item {item_id!r} has no record of stage {stage!r} under {self.root}; run that stage first "
                 "(a rerun of the job does it) before the stages that read it."
             )
-        return {path.stem: torch.load(path, map_location="cpu", weights_only=True)
-                for path in sorted(folder.glob("*.pt"))}
+        return {
+            path.stem: torch.load(path, map_location="cpu", weights_only=True)
+            for path in sorted(folder.glob("*.pt"))
+        }
 
     def write_curves(self, item_id: str, stage: str, rows: list[dict]) -> str:
         """The item's loss terms per step of `stage` as CSV (written atomically)."""

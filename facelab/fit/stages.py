@@ -74,8 +74,16 @@ def fit_stage(cfg: DictConfig, module, records: FitRecords, stage: str, batch: d
     }
 
 
-def record_stage(records: FitRecords, module, stage: str, item_id: str, result: dict, index: int,
-                 prefix: str = "", extra: dict | None = None) -> None:
+def record_stage(
+    records: FitRecords,
+    module,
+    stage: str,
+    item_id: str,
+    result: dict,
+    index: int,
+    prefix: str = "",
+    extra: dict | None = None,
+) -> None:
     """Write item `index` of a stage result under `item_id` (names prefixed by `prefix`), then its record."""
     image_names = {f"{prefix}{name}" for name in module.image_outputs.get(stage, ())}
     outputs = {f"{prefix}{name}": value[index] for name, value in result["outputs"].items()}
@@ -91,8 +99,9 @@ def record_stage(records: FitRecords, module, stage: str, item_id: str, result: 
     records.write_stage_done(item_id, stage, record)
 
 
-def run_item_stage(cfg: DictConfig, module, items, records: FitRecords, stage: str, chunk: Sequence,
-                   rerun: bool = False) -> None:
+def run_item_stage(
+    cfg: DictConfig, module, items, records: FitRecords, stage: str, chunk: Sequence, rerun: bool = False
+) -> None:
     """Fit `stage` for the chunk's items that have no record of it (all of them with `rerun`)."""
     todo = [item for item in chunk if rerun or not records.is_stage_done(item.item_id, stage)]
     if not todo:
@@ -118,8 +127,16 @@ def previous_outputs(module, records: FitRecords, stage: str, item_ids: list[str
     return previous
 
 
-def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: StageCache, stage: str,
-                    chunk: Sequence, rerun: bool = False) -> dict:
+def run_image_stage(
+    cfg: DictConfig,
+    module,
+    items,
+    records: FitRecords,
+    cache: StageCache,
+    stage: str,
+    chunk: Sequence,
+    rerun: bool = False,
+) -> dict:
     """Fit `stage` once per distinct image of the chunk's items, through the cache; returns counts."""
     todo = [item for item in chunk if rerun or not records.is_stage_done(item.item_id, stage)]
     if not todo:
@@ -135,8 +152,10 @@ def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: 
     unique = list(dict.fromkeys(keys.values()))
     missing = unique if rerun else [key for key in unique if cache.read(key, stage) is None]
     if missing:
-        batch = {"image": torch.stack([items.load_image(paths[key]) for key in missing]),
-                 "meta": {"item_id": list(missing), "image_path": [paths[key] for key in missing]}}
+        batch = {
+            "image": torch.stack([items.load_image(paths[key]) for key in missing]),
+            "meta": {"item_id": list(missing), "image_path": [paths[key] for key in missing]},
+        }
         batch["previous"] = _cached_previous(module, cache, stage, [paths[key] for key in missing])
         result = fit_stage(cfg, module, records, stage, batch, missing)
         for index, key in enumerate(missing):
@@ -145,8 +164,13 @@ def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: 
             cache.write(key, stage, tensors, curves)
         records.finish_chunk(missing, stage)
     reused = len(unique) - len(missing)
-    log.info("stage %s: %d image(s) fitted, %d embedding(s) reused from the cache %s",
-             stage, len(missing), reused, cache.root)
+    log.info(
+        "stage %s: %d image(s) fitted, %d embedding(s) reused from the cache %s",
+        stage,
+        len(missing),
+        reused,
+        cache.root,
+    )
     for item in todo:
         files, names = [], set(module.image_outputs.get(stage, ()))
         for column in module.image_columns:
@@ -157,11 +181,15 @@ def run_image_stage(cfg: DictConfig, module, items, records: FitRecords, cache: 
             outputs = {f"{column}_{name}": value for name, value in tensors.items()}
             images = {f"{column}_{name}" for name in names}
             files += records.write_stage_outputs(item.item_id, stage, outputs, images)
-        records.write_stage_done(item.item_id, stage, {
-            "cache_keys": {column: keys[item.item_id, column] for column in module.image_columns},
-            "inputs": {column: item.values[column] for column in module.image_columns},
-            "outputs": files,
-        })
+        records.write_stage_done(
+            item.item_id,
+            stage,
+            {
+                "cache_keys": {column: keys[item.item_id, column] for column in module.image_columns},
+                "inputs": {column: item.values[column] for column in module.image_columns},
+                "outputs": files,
+            },
+        )
     return {"fitted": len(missing), "reused": reused}
 
 

@@ -34,8 +34,9 @@ def lpips_features(net: PerceptualDistance, images: torch.Tensor) -> list[torch.
         return net.unit_features((images + 1) / 2)
 
 
-def lpips_per_item(net: PerceptualDistance, prediction: torch.Tensor, target_features: list[torch.Tensor]
-                   ) -> torch.Tensor:
+def lpips_per_item(
+    net: PerceptualDistance, prediction: torch.Tensor, target_features: list[torch.Tensor]
+) -> torch.Tensor:
     """Differentiable LPIPS of `[B, 3, H, W]` images in [-1, 1] to a target's `lpips_features` -> `[B]`."""
     distances = net.distances_to((prediction + 1) / 2, target_features)
     return torch.stack([d.mean(dim=(1, 2, 3)) for d in distances]).sum(0)

@@ -103,13 +103,19 @@ class PerceptualDistance(nn.Module):
 
     def unit_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The trunk's taps of `[B, 3, H, W]` images in [0, 1], each unit-normalised over channels."""
-        return [f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + NORMALISE_EPS) for f in self._taps(images.float())]
+        return [
+            f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + NORMALISE_EPS) for f in self._taps(images.float())
+        ]
 
-    def distances_to(self, prediction: torch.Tensor, target_features: list[torch.Tensor]) -> list[torch.Tensor]:
+    def distances_to(
+        self, prediction: torch.Tensor, target_features: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         """Per depth, the weighted squared difference to a target's `unit_features`, `[B, 1, h_k, w_k]`
         (differentiable; a search against a fixed target computes the target's features once)."""
         distances = []
-        for depth, (first, second) in enumerate(zip(self.unit_features(prediction), target_features, strict=True)):
+        for depth, (first, second) in enumerate(
+            zip(self.unit_features(prediction), target_features, strict=True)
+        ):
             squared = (first - second).pow(2)
             if self.linear is not None:
                 distances.append(self.linear[depth](squared))
@@ -131,8 +137,9 @@ class PerceptualDistance(nn.Module):
         distances = []
         for depth, (a, b) in enumerate(zip(first, second, strict=True)):
             squared = (a - b).pow(2)
-            distances.append(self.linear[depth](squared) if self.linear is not None
-                             else squared.sum(dim=1, keepdim=True))
+            distances.append(
+                self.linear[depth](squared) if self.linear is not None else squared.sum(dim=1, keepdim=True)
+            )
         return distances
 
     @torch.no_grad()
