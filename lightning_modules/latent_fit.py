@@ -280,10 +280,9 @@ class LatentFit(pl.LightningModule):
                 params = {n: p for n in self.latent_names if (p := getattr(self, f"latent_{n}")) is not None}
                 self.project(self.stage, params)
                 self.after_step(self.stage, self.latents(), self.stage_batch())
-        self.log(
-            f"fit/{self.stage}/loss_per_item",
-            terms["total"].mean().detach(),
-            prog_bar=True,
+        # The configured logger gets each term's mean over the items still fitted (curves.csv: per item).
+        self.log_dict(
+            {f"fit/{self.stage}/{name}": value.mean().detach() for name, value in terms.items()},
             batch_size=len(positions),
         )
         if self.state("stopped").all():
