@@ -475,9 +475,15 @@ def test_facelab_fit_console_script_is_a_hydra_app(tmp_path):
 
 
 def test_loss_terms_reach_the_configured_logger(tmp_path, faces):
-    logger = f"trainer.logger={{_target_:pytorch_lightning.loggers.CSVLogger,save_dir:{tmp_path}/logs,name:fit}}"
-    run_fit(fit_config(tmp_path, faces, tmp_path / "out", "batch_size=5", logger, "trainer.log_every_n_steps=1"))
-    rows = [line.split(",") for line in next((tmp_path / "logs").rglob("metrics.csv")).read_text().splitlines()]
+    logger = (
+        f"trainer.logger={{_target_:pytorch_lightning.loggers.CSVLogger,save_dir:{tmp_path}/logs,name:fit}}"
+    )
+    run_fit(
+        fit_config(tmp_path, faces, tmp_path / "out", "batch_size=5", logger, "trainer.log_every_n_steps=1")
+    )
+    rows = [
+        line.split(",") for line in next((tmp_path / "logs").rglob("metrics.csv")).read_text().splitlines()
+    ]
     header, values = rows[0], rows[1:]
     assert {"fit/coarse/mse", "fit/coarse/latent_l2", "fit/coarse/total"} <= set(header)
     column = header.index("fit/coarse/mse")
