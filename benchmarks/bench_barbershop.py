@@ -6,8 +6,9 @@ few steps per stage for every B, so the ratio items/s(B) / items/s(1) is the spe
 embeddings run on 3B images (identity, shape, appearance of each transfer, all distinct), the other stages
 on B transfers with both reference pairs (shape != appearance).
 
-    python benchmarks/bench_barbershop.py                       # 256 px, B = 1, 4, 16, 2 steps per stage
+    python benchmarks/bench_barbershop.py                       # 256 px config F, B = 1, 4, 16
     python benchmarks/bench_barbershop.py --sizes 256 512 1024 --batches 1 4 16 --steps 3
+    python benchmarks/bench_barbershop.py --channel-base 4096 --batches 1 16   # a quick look
 """
 
 from __future__ import annotations
@@ -40,13 +41,23 @@ ORDER = (
 )
 
 
-def build(folder: Path, size: int, steps: int) -> Barbershop:
+OFFICIAL_STEPS = {
+    "embed_w": 1100,
+    "embed_fs": 250,
+    "parse": 0,
+    "mask_fill_1": 80,
+    "mask_fill_2": 80,
+    "align_identity": 140,
+    "align_reference": 100,
+    "blend": 400,
+}  # conf/fit/barbershop.yaml
+
+
+def build(folder: Path, size: int, steps: int, channel_base: int) -> Barbershop:
     torch.manual_seed(0)
-    save_generator(
-        Generator(img_resolution=size).eval(), folder / f"g{size}.pt"
-    )  # config F: 512-d, full channels
-    parser = folder / "seg.pth"
-    vgg = folder / "vgg16.pth"
+    generator = Generator(img_resolution=size, channel_base=channel_base).eval()  # 32768: config F
+    save_generator(generator, folder / f"g{size}-{channel_base}.pt")
+    parser, vgg = folder / "seg.pth", folder / "vgg16.pth"
     if not parser.exists():
         save_random_bisenet(parser)
         save_random_vgg16(vgg)
@@ -56,10 +67,10 @@ def build(folder: Path, size: int, steps: int) -> Barbershop:
     }
     return Barbershop(
         stages,
-        folder / f"g{size}.pt",
+        folder / f"g{size}-{channel_base}.pt",
         parser,
         parse_size=min(512, size),
-        perceptual_size=256,
+        perceptual_size=min(256, size),
         pca_samples=10_000,
         pca_cache_dir=str(folder / "pca"),
         lpips_trunk_path=str(vgg),
@@ -67,41 +78,32 @@ def build(folder: Path, size: int, steps: int) -> Barbershop:
     )
 
 
-def run_stage(module: Barbershop, stage: str, batch: dict) -> tuple[dict, float, int]:
-    """(outputs, seconds, steps) of one stage on `batch`, as the job runs it."""
+def run_stage(module: Barbershop, stage: str, batch: dict) -> tuple[dict, float, float]:
+    """(outputs, seconds per optimiser step, seconds of set-up + outputs) of one stage on `batch`."""
     began = time.perf_counter()
     module.begin_stage(stage, batch)
-    steps = module.stage_steps(stage)
+    steps, step_seconds = module.stage_steps(stage), 0.0
     if steps:
         optimizer = module.stage_settings[stage]["optimizer"](module.trainable_parameters())
+        stepping = time.perf_counter()
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             module.stage_losses()[2]["total"].sum().backward()
             optimizer.step()
-            with torch.no_grad():
-                module.project(
-                    stage,
-                    {
-                        n: getattr(module, f"latent_{n}")
-                        for n in module.latent_names
-                        if getattr(module, f"latent_{n}") is not None
-                    },
-                )
+        step_seconds = (time.perf_counter() - stepping) / steps
     outputs = module.final_results()[0]
-    return outputs, time.perf_counter() - began, steps
+    return outputs, step_seconds, time.perf_counter() - began - step_seconds * steps
 
 
-def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[float, int]]:
-    """All stages for `batch_size` transfers of distinct random images; {stage: (seconds, steps)}."""
+def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[float, float]]:
+    """All stages for `batch_size` transfers of distinct random images: {stage: (s per step, s overhead)}."""
     generator = torch.Generator().manual_seed(batch_size)
     images = torch.rand(3 * batch_size, 3, size, size, generator=generator) * 2 - 1
     timings, per_image = {}, {}
-    ids = [f"img{i}" for i in range(3 * batch_size)]
-    batch = {"image": images, "meta": {"item_id": ids}}
+    batch = {"image": images, "meta": {"item_id": [f"img{i}" for i in range(3 * batch_size)]}}
     for stage in ("embed_w", "embed_fs"):
-        outputs, seconds, steps = run_stage(module, stage, batch)
-        timings[stage] = (seconds, steps)
-        per_image[stage] = outputs
+        outputs, per_step, overhead = run_stage(module, stage, batch)
+        timings[stage], per_image[stage] = (per_step, overhead), outputs
         batch = {**batch, "previous": {**batch.get("previous", {}), stage: outputs}}
     columns = ("identity", "shape", "appearance")
     previous = {
@@ -115,9 +117,8 @@ def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[
         "appearance_path": [f"a{i}" for i in range(batch_size)],
     }
     for stage in ORDER[2:]:
-        outputs, seconds, steps = run_stage(module, stage, {**item_batch, "previous": previous})
-        timings[stage] = (seconds, steps)
-        previous[stage] = outputs
+        outputs, per_step, overhead = run_stage(module, stage, {**item_batch, "previous": previous})
+        timings[stage], previous[stage] = (per_step, overhead), outputs
     return timings
 
 
@@ -127,33 +128,45 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--steps", type=int, default=2, help="optimiser steps of every stage")
+    parser.add_argument("--steps", type=int, default=2, help="optimiser steps timed per stage")
+    parser.add_argument(
+        "--channel-base", type=int, default=32768, help="32768: config F; less for a quick run"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device {device}, {torch.get_num_threads()} threads, {args.steps} steps per stage")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, {args.steps} timed steps per stage, "
+        f"channel_base {args.channel_base}; per transfer at the official steps = (set-up and outputs + "
+        "official steps x time per step) / B"
+    )
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
-            module = build(Path(folder), size, args.steps).to(device)
-            base = None
+            module = build(Path(folder), size, args.steps, args.channel_base).to(device)
+            rates = {}
             for batch_size in args.batches:
                 timings = transfer(module, batch_size, size)
-                total = sum(seconds for seconds, _ in timings.values())
-                rate = batch_size / total
-                base = base or rate
+                seconds = {
+                    s: OFFICIAL_STEPS[s] * per_step + overhead for s, (per_step, overhead) in timings.items()
+                }
+                total = sum(seconds.values())
+                rates[batch_size] = batch_size / total
+                base = rates[args.batches[0]]
                 print(
-                    f"\n{size} px, B = {batch_size}: {total / batch_size:.2f} s per transfer at "
-                    f"{args.steps} steps per stage, {rate:.3f} transfers/s, x{rate / base:.2f} the items/s "
-                    f"of B = {args.batches[0]}"
+                    f"\n{size} px, B = {batch_size}: {total / batch_size:.1f} s per transfer at the official "
+                    f"steps, {rates[batch_size] * 3600:.1f} transfers/h, x{rates[batch_size] / base:.2f} the "
+                    "items/s of "
+                    f"B = {args.batches[0]}"
                 )
-                print("| stage | share | ms per step (whole batch) | ms per step per item |")
+                print("| stage | share | s per step (batch) | s per step per transfer |")
                 print("|---|---|---|---|")
-                for stage, (seconds, steps) in timings.items():
-                    per_step = seconds / max(steps, 1) * 1000
-                    items = 3 * batch_size if stage.startswith("embed") else batch_size
-                    print(f"| {stage} | {seconds / total:.0%} | {per_step:.0f} | {per_step / items:.0f} |")
+                for stage, (per_step, _) in timings.items():
+                    print(
+                        f"| {stage} | {seconds[stage] / total:.0%} | {per_step:.2f} "
+                        f"| {per_step / batch_size:.2f} |"
+                    )
 
 
 if __name__ == "__main__":

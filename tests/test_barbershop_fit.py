@@ -368,3 +368,67 @@ def test_reconstruction_table_reports_both_embeddings(models, tmp_path):
             for i in range(4)
         ]
         assert row["psnr"] == pytest.approx(sum(values) / 4, abs=1e-3)
+
+
+def test_a_job_killed_mid_stage_resumes_and_ends_equal_to_an_uninterrupted_one(
+    transfer_job, models, tmp_path
+):
+    """SIGKILL inside the blend stage (after its first chunk checkpoint): the rerun skips the recorded stages,
+    resumes the blend from its checkpoint and ends where the uninterrupted job (transfer_job) ended."""
+    from facelab.fit.records import chunk_key
+    from tests.test_fit_job import _facelab_fit, _wait_for
+
+    manifest = write_manifest(models, "three", ROWS)
+    out = tmp_path / "killed"
+    cfg = barbershop_config(models, manifest, out, "batch_size=3")
+    overrides = [f"{key}={value}" for key, value in _cli_overrides(cfg).items()]
+    overrides += ["checkpoint_every_n_steps=2", f"fit.module.stages.blend.steps={STEPS['blend']}"]
+    checkpoint = out / "partial" / chunk_key(["separate", "shape_only", "reuse"], "blend") / "chunk.ckpt"
+    first = _facelab_fit(*overrides, "hydra.run.dir=run1", cwd=tmp_path)
+    _wait_for(checkpoint, first, seconds=900)
+    first.kill()
+    output = first.communicate()[0]
+    assert checkpoint.exists(), output[-3000:]
+    assert not FitRecords(out).done_ids() and (out / "stages" / "reuse" / "align_reference.json").exists()
+    second = _facelab_fit(*overrides, "hydra.run.dir=run2", cwd=tmp_path)
+    output = second.communicate(timeout=900)[0]
+    assert second.returncode == 0, output[-3000:]
+    starts = [e for e in FitRecords(out).events() if e["event"] == "start"]
+    assert [e["stage"] for e in starts].count("align_reference") == 1  # recorded stages were not redone
+    blend_starts = [e for e in starts if e["stage"] == "blend"]
+    assert len(blend_starts) == 2 and Path(blend_starts[1]["resume"]).name == "chunk.ckpt"
+    for item_id in ("separate", "shape_only", "reuse"):
+        resumed = torch.load(out / "items" / item_id / "blend" / "u.pt")
+        uninterrupted = torch.load(transfer_job / "items" / item_id / "blend" / "u.pt")
+        torch.testing.assert_close(resumed, uninterrupted, rtol=1e-4, atol=1e-5)
+
+
+def _cli_overrides(cfg) -> dict:
+    """The composed job's settings as command-line overrides (what a user would type)."""
+    module = cfg.fit.module
+    values = {
+        "experiment": "barbershop",
+        "manifest": cfg.manifest,
+        "output_dir": cfg.output_dir,
+        "batch_size": cfg.batch_size,
+        "fit.image_size": cfg.fit.image_size,
+        "cache_dir": cfg.cache_dir,
+        "extras.print_config": "false",
+        "progress": "lines",
+    }
+    for key in (
+        "generator_path",
+        "parser_path",
+        "lpips_trunk_path",
+        "vgg_weights_path",
+        "parse_size",
+        "perceptual_size",
+        "smooth",
+        "blend_mask_iterations",
+        "pca_samples",
+        "pca_cache_dir",
+    ):
+        values[f"fit.module.{key}"] = module[key]
+    for stage, steps in STEPS.items():
+        values[f"fit.module.stages.{stage}.steps"] = steps
+    return values
