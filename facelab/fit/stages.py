@@ -81,12 +81,11 @@ def record_stage(
     item_id: str,
     result: dict,
     index: int,
-    prefix: str = "",
     extra: dict | None = None,
 ) -> None:
-    """Write item `index` of a stage result under `item_id` (names prefixed by `prefix`), then its record."""
-    image_names = {f"{prefix}{name}" for name in module.image_outputs.get(stage, ())}
-    outputs = {f"{prefix}{name}": value[index] for name, value in result["outputs"].items()}
+    """Write item `index` of a stage result under `item_id`, then its record."""
+    image_names = set(module.image_outputs.get(stage, ()))
+    outputs = {name: value[index] for name, value in result["outputs"].items()}
     files = records.write_stage_outputs(item_id, stage, outputs, image_names)
     record = {
         "losses": {name: float(value[index]) for name, value in result["losses"].items()},
