@@ -127,3 +127,30 @@ def test_a_drag_spec_naming_another_generator_is_refused(generator_file, tmp_pat
     )
     with pytest.raises(DragSpecError, match="field 'generator'.*differs from the job's"):
         run_fit(drag_config(generator_file, manifest, tmp_path / "out"))
+
+
+def test_facelab_drag_runs_one_drag_from_the_command_line(generator_file, tmp_path):
+    from facelab.cli.drag import drag_main
+
+    out = tmp_path / "one"
+    summary = drag_main(
+        [
+            f"generator={generator_file}",
+            "seed=1",
+            "points=[[60,60]]",
+            "targets=[[60,70]]",
+            f"out={out}",
+            "fit.module.stages.drag.steps=3",
+            "fit.module.frame_every=1",
+            "fit.module.frame_size=32",
+            "extras.print_config=false",
+            "progress=lines",
+        ]
+    )
+    assert summary["fitted"] == 1
+    drag = json.loads((out / "items" / "drag" / "drag" / "drag.json").read_text())
+    assert drag["steps"] == 3 and drag["handles_start"] == [[60, 60]]
+    with pytest.raises(SystemExit, match="missing targets="):
+        drag_main([f"generator={generator_file}", "seed=1", "points=[[60,60]]", f"out={out}"])
+    with pytest.raises(SystemExit, match="give seed=N or latent="):
+        drag_main([f"generator={generator_file}", "points=[[60,60]]", "targets=[[6,6]]", f"out={out}"])
