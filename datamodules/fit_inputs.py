@@ -22,6 +22,20 @@ from facelab.io.files import atomic_write_bytes
 from facelab.io.images import IMAGE_EXTENSIONS, read_rgb, save_image
 
 
+def paste_into_photo(values: dict, column: str, result_path: Path, out_path: Path) -> list[Path]:
+    """If the item's `column` was aligned from a raw photo by the job, warp `result_path` (an edited crop)
+    back into that photo as `out_path` (facelab/ops/align.py paste_back); returns the files written."""
+    from facelab.ops.align import AlignedFace, paste_back
+
+    source = (values.get("photo_sources") or {}).get(column)
+    if source is None:
+        return []
+    sidecar = json.loads(Path(values[column]).with_suffix(".json").read_text())
+    pasted = paste_back(read_rgb(source), read_rgb(result_path), AlignedFace.from_json(sidecar))
+    save_image(pasted, out_path)
+    return [out_path]
+
+
 def is_image(value) -> bool:
     return str(value).lower().endswith(IMAGE_EXTENSIONS)
 

@@ -30,9 +30,11 @@ class FitItems:
         exact_size: bool = False,
         align: bool = False,
         aligned_dir: str | None = None,
+        photo_columns: list[str] | None = None,
     ):
         self.columns = Columns.from_config(columns)
-        image_columns = tuple(c for c in self.columns.paths)
+        # the columns checked (exact_size) and aligned (align): photos, not masks or latents
+        image_columns = tuple(photo_columns) if photo_columns else tuple(self.columns.paths)
         self.inputs = InputPreparation(image_size, exact_size, align, aligned_dir, image_columns)
         self.image_size = image_size
         self.all_items = read_manifest(manifest, self.columns)

@@ -30,21 +30,18 @@ official `layer_num - 11` is right at 1024 px only); the unused L_F term is not 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 
+from datamodules.fit_inputs import paste_into_photo
 from facelab.fit.cache import file_digest
 from facelab.io.files import user_cache_dir
-from facelab.io.images import read_rgb, save_image
 from facelab.losses.barbershop import (
+    embedding_loss,
     lpips_features,
-    lpips_per_item,
     masked_lpips,
     masked_style,
-    mse_per_item,
-    p_norm,
     parsing_cross_entropy,
 )
 from facelab.metrics.perceptual import PerceptualDistance
@@ -53,7 +50,6 @@ from facelab.nets.bisenet import normalize as bisenet_input
 from facelab.nets.frozen import register_frozen
 from facelab.nets.stylegan2_checkpoints import load_generator
 from facelab.nets.vgg import VGG16Features
-from facelab.ops.align import AlignedFace, paste_back
 from facelab.ops.hair_masks import (
     ParserLabels,
     compose_target,
@@ -364,12 +360,10 @@ class Barbershop(LatentFit):
         return self.fixed_features(name, batch, lambda images: lpips_features(self.lpips, images))
 
     def _embedding_terms(self, image: torch.Tensor, ws: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        return {
-            "mse": self.weights["mse"] * mse_per_item(image, batch["image"]),
-            "lpips": self.weights["lpips"]
-            * lpips_per_item(self.lpips, self.low(image), self._lpips_target("target_low", batch)),
-            "p_norm": self.weights["p_norm"] * p_norm(ws, self.pca.to(ws.device)),
-        }
+        target_features = self._lpips_target("target_low", batch)
+        return embedding_loss(
+            image, batch["image"], self.low(image), target_features, ws, self.lpips, self.pca, self.weights
+        )
 
     def separate_appearance(self, batch: dict) -> torch.Tensor:
         """Bool `[B]`: items whose appearance reference is another image than the shape reference."""
@@ -559,15 +553,11 @@ class Barbershop(LatentFit):
     def finish_item(self, values: dict, item_dir: Path) -> list[Path]:
         """With `paste_back`, the result put back into the identity's original photo (when the identity was
         aligned from a raw photo by the job): `<item>/paste_back.png`."""
-        source = (values.get("photo_sources") or {}).get("identity")
-        if not self.paste_back or source is None:
+        if not self.paste_back:
             return []
-        sidecar = json.loads(Path(values["identity"]).with_suffix(".json").read_text())
-        result = read_rgb(item_dir / "blend" / "result.png")
-        pasted = paste_back(read_rgb(source), result, AlignedFace.from_json(sidecar))
-        path = item_dir / "paste_back.png"
-        save_image(pasted, path)
-        return [path]
+        return paste_into_photo(
+            values, "identity", item_dir / "blend" / "result.png", item_dir / "paste_back.png"
+        )
 
     def label_view(self, labels: torch.Tensor) -> torch.Tensor:
         """Labels `[B, H, W]` as a picture `[B, 3, H, W]` in [-1, 1] (a fixed colour per class)."""

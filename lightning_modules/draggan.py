@@ -18,6 +18,7 @@ trajectory with the handles (red), targets (blue) and the fixed region dimmed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,11 +26,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from datamodules.fit_inputs import paste_into_photo
+from facelab.fit.cache import file_digest
+from facelab.io.files import user_cache_dir
+from facelab.losses.barbershop import embedding_loss, lpips_features
+from facelab.metrics.perceptual import PerceptualDistance
 from facelab.nets.frozen import register_frozen
 from facelab.nets.stylegan2_checkpoints import load_generator
 from facelab.ops.drag import drag_features, seed_start_ws
 from facelab.ops.drag_spec import DragSpecError, check_drag_spec
 from facelab.ops.drag_step import DragSettings, DragStart, drag_start, drag_step
+from facelab.ops.latent_pca import load_or_estimate_pca
+from facelab.ops.resample import downsample_to, lanczos_resize
 from lightning_modules.latent_fit import Latent, LatentFit
 
 EDITED_ROWS = 6  # the renderer optimises ws[:, :6] (L297-300)
@@ -38,7 +46,8 @@ EDITED_ROWS = 6  # the renderer optimises ws[:, :6] (L297-300)
 class DragGAN(LatentFit):
     """DragGAN drags; see the module docstring."""
 
-    image_outputs = {"drag": ("image", "start_image")}
+    image_outputs = {"drag": ("image", "start_image"), "invert": ("image",)}
+    image_columns = ("photo",)
 
     def __init__(
         self,
@@ -48,12 +57,20 @@ class DragGAN(LatentFit):
         truncation_psi: float = 0.7,
         frame_every: int = 10,
         frame_size: int = 256,
+        inversion: dict | None = None,
+        paste_back: bool = False,
+        run_stages: list[str] | None = None,
         init_seed: int = 0,
     ):
-        super().__init__(stages, init_seed)
+        super().__init__(stages, init_seed, run_stages)
         self.generator_path = str(generator_path)
-        self.generator = None
+        self.generator = self.lpips = None
         register_frozen(self, "generator", load_generator(generator_path))
+        self.paste_back = paste_back
+        # A real photo is first inverted in W+ with Barbershop's embedding (a per-image, cached stage).
+        self.image_stages = ("invert",) if "invert" in self.stage_settings else ()
+        if self.image_stages:
+            self._setup_inversion(**(inversion or {}))
         self.settings = DragSettings(**(settings or {}))
         self.truncation_psi, self.frame_every, self.frame_size = truncation_psi, frame_every, frame_size
         self.final_pass = False
@@ -62,14 +79,58 @@ class DragGAN(LatentFit):
     def image_size(self) -> int:
         return self.generator.img_resolution
 
+    def _setup_inversion(
+        self,
+        weights: dict | None = None,
+        perceptual_size: int = 256,
+        pca_samples: int = 1_000_000,
+        pca_seed: int = 0,
+        pca_cache_dir: str | None = None,
+        lpips_trunk_path: str | None = None,
+    ):
+        self.inversion_weights = {"mse": 1.0, "lpips": 1.0, "p_norm": 1e-3, **(weights or {})}
+        self.perceptual_size = min(perceptual_size, self.image_size)
+        register_frozen(self, "lpips", PerceptualDistance("vgg", weights_path=lpips_trunk_path))
+        self._generator_digest = file_digest(self.generator_path)
+        cache = Path(pca_cache_dir) if pca_cache_dir else user_cache_dir("pca")
+        pca_file = cache / f"{self._generator_digest[:24]}-{pca_samples}-{pca_seed}.pt"
+        self.pca = load_or_estimate_pca(self.generator.mapping, pca_file, pca_samples, pca_seed)
+
+    def cache_identity(self, stage: str) -> str:
+        """What the inversion of a photo depends on besides the photo (facelab/fit/cache.py)."""
+        settings = self.stage_settings[stage]
+        parts = [
+            self._generator_digest,
+            str(self.perceptual_size),
+            repr(sorted(self.inversion_weights.items())),
+            repr(self.pca.stdev[:4].tolist()),
+            f"{stage}:{settings['steps']}:{settings['optimizer']}",
+        ]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _inversion_terms(self, ws: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        image = self.generator.synthesis(ws, noise_mode="const")
+        target_features = lpips_features(self.lpips, batch["state"]["target_low"])
+        low = downsample_to(image, self.perceptual_size)
+        return embedding_loss(
+            image, batch["image"], low, target_features, ws, self.lpips, self.pca, self.inversion_weights
+        )
+
     # Inputs ----------------------------------------------------------------------------------------------
     def check_item(self, values: dict, source: str) -> None:
         """The drag spec's checks (facelab/ops/drag_spec.py) before any step: raises DragSpecError."""
         spec = {"generator": values.get("generator") or self.generator_path, **values}
         check_drag_spec(spec, source, load=self._same_generator)
-        if values.get("seed") is None and values.get("latent") is None:
+        starts = [key for key in ("seed", "latent", "photo") if values.get(key) is not None]
+        if len(starts) != 1:
             raise DragSpecError(
-                f"drag spec {source}, field 'seed': give a seed or a latent (.pt) to start from"
+                f"drag spec {source}, field 'seed': give exactly one start: a seed, a latent (.pt) or a "
+                f"photo (got {starts or 'none'})"
+            )
+        if values.get("photo") is not None and not self.image_stages:
+            raise DragSpecError(
+                f"drag spec {source}, field 'photo': a photo needs the inversion stage; run "
+                "experiment=draggan_photo"
             )
 
     def _same_generator(self, path: Path):
@@ -81,10 +142,14 @@ class DragGAN(LatentFit):
         return self.generator
 
     def start_ws(self, batch: dict) -> torch.Tensor:
-        """`[B, num_ws, w_dim]`: each item's seed start or its given latent (W `[w_dim]` or W+)."""
+        """`[B, num_ws, w_dim]`: each item's seed start, its given latent (W `[w_dim]` or W+) or its photo's
+        inversion."""
         starts, meta = [], batch["meta"]
+        inverted = batch.get("previous", {}).get("invert", {}).get("photo_w")
         for index, seed in enumerate(meta.get("seed", [None] * len(meta["item_id"]))):
-            if "latent" in batch and meta.get("latent_path", [None])[index] is not None:
+            if inverted is not None:
+                starts.append(inverted[index].to(self.device))
+            elif "latent" in batch and meta.get("latent_path", [None])[index] is not None:
                 latent = batch["latent"][index].to(self.device)
                 starts.append(latent.expand(self.generator.num_ws, -1) if latent.ndim == 1 else latent)
             else:
@@ -92,10 +157,16 @@ class DragGAN(LatentFit):
         return torch.stack(starts)
 
     def init_latents(self, stage: str, batch: dict) -> dict[str, Latent]:
+        if stage == "invert":  # from w_avg, every row (Barbershop's W+ embedding)
+            size = len(batch["meta"]["item_id"])
+            w_avg = self.generator.mapping.w_avg.view(1, 1, -1).repeat(size, self.generator.num_ws, 1)
+            return {"w": Latent(w_avg)}
         return {"ws": Latent(self.start_ws(batch), trainable=slice(0, EDITED_ROWS))}
 
     @torch.no_grad()
     def init_item_state(self, stage: str, batch: dict) -> dict[str, torch.Tensor]:
+        if stage == "invert":
+            return {"target_low": lanczos_resize(batch["image"], self.perceptual_size)}
         meta, size = batch["meta"], len(batch["meta"]["item_id"])
         count = max(len(points) for points in meta["handle_points"])
         handles = torch.zeros(size, count, 2, dtype=torch.long)
@@ -144,6 +215,8 @@ class DragGAN(LatentFit):
 
     # The step --------------------------------------------------------------------------------------------
     def item_losses(self, stage: str, latents: dict, batch: dict) -> dict[str, torch.Tensor]:
+        if stage == "invert":
+            return self._inversion_terms(latents["w"], batch)
         state = batch["state"]
         features = drag_features(self.generator, latents["ws"])
         masked = state["has_mask"][:, None, None, None]
@@ -175,8 +248,8 @@ class DragGAN(LatentFit):
         if len(frames):
             self._store_frames(frames, self.state("steps_taken")[frames] // self.frame_every)
 
-    def stop_items(self, stage: str, latents: dict, batch: dict, terms: dict) -> torch.Tensor:
-        return self._finished
+    def stop_items(self, stage: str, latents: dict, batch: dict, terms: dict) -> torch.Tensor | None:
+        return self._finished if stage == "drag" else None
 
     @torch.no_grad()
     def _store_frames(self, positions: torch.Tensor, slots: torch.Tensor) -> None:
@@ -191,6 +264,8 @@ class DragGAN(LatentFit):
     # Outputs ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def stage_outputs(self, stage: str, latents: dict, batch: dict) -> dict[str, torch.Tensor]:
+        if stage == "invert":
+            return {"w": latents["w"], "image": self.generator.synthesis(latents["w"], noise_mode="const")}
         state = batch["state"]
         image = self.generator.synthesis(latents["ws"], noise_mode="const")
         start = self.generator.synthesis(self.start_ws(batch), noise_mode="const")
@@ -244,6 +319,8 @@ class DragGAN(LatentFit):
         written = [folder / "drag.json", folder / "before_after.png", folder / "trajectory.gif"]
         written[0].write_text(json.dumps(summary, indent=1))
         self._write_pictures(folder, load, valid, trajectory, steps, written)
+        if self.paste_back:  # the edit back into the original photo, when the job aligned one
+            written += paste_into_photo(values, "photo", folder / "image.png", item_dir / "paste_back.png")
         return written
 
     def _write_pictures(self, folder, load, valid, trajectory, steps, written) -> None:

@@ -90,12 +90,10 @@ class LatentFit(pl.LightningModule):
         unknown = sorted(set(run_stages or ()) - set(stages))
         if unknown:
             raise ValueError(f"run_stages names unknown stages {unknown}; the stages are {list(stages)}.")
-        # run_stages: a method's leading stages alone (e.g. only Barbershop's embeddings), in config order
-        self.stage_settings = {
-            name: dict(settings)
-            for name, settings in stages.items()
-            if run_stages is None or name in run_stages
-        }
+        # run_stages: which stages run, in this order (e.g. only Barbershop's embeddings; DragGAN's photo
+        # inversion before the drag); default: every configured stage in config order
+        names = list(stages) if run_stages is None else list(run_stages)
+        self.stage_settings = {name: dict(stages[name]) for name in names}
         for name, settings in self.stage_settings.items():
             if "steps" not in settings:
                 raise ValueError(f"fit.module.stages.{name} has no `steps`.")

@@ -154,3 +154,46 @@ def test_facelab_drag_runs_one_drag_from_the_command_line(generator_file, tmp_pa
         drag_main([f"generator={generator_file}", "seed=1", "points=[[60,60]]", f"out={out}"])
     with pytest.raises(SystemExit, match="give seed=N or latent="):
         drag_main([f"generator={generator_file}", "points=[[60,60]]", "targets=[[6,6]]", f"out={out}"])
+
+
+def test_a_real_photo_is_aligned_inverted_dragged_and_pasted_back(generator_file, tmp_path):
+    from skimage import data
+
+    from facelab.io.images import read_rgb, save_image
+    from tests.fit_models import save_random_vgg16
+
+    vgg = save_random_vgg16(tmp_path / "vgg16.pth")
+    save_image(data.astronaut(), tmp_path / "astronaut.png")
+    manifest = tmp_path / "photo.yaml"
+    manifest.write_text(
+        f"- {{item_id: me, photo: {tmp_path}/astronaut.png, handle_points: [[60, 60]], "
+        "target_points: [[60, 70]]}\n"
+    )
+    out = tmp_path / "photo"
+    inversion = [
+        f"fit.module.inversion.lpips_trunk_path={vgg}",
+        "fit.module.inversion.pca_samples=2000",
+        f"fit.module.inversion.pca_cache_dir={tmp_path}/pca",
+        "fit.module.inversion.perceptual_size=64",
+        "fit.module.stages.invert.steps=6",
+        f"cache_dir={tmp_path}/cache",
+    ]
+    cfg = drag_config(
+        generator_file, manifest, out, "experiment=draggan_photo", *inversion, "+paste_back=true"
+    )
+    assert run_fit(cfg)["fitted"] == 1
+    curve = (out / "stages" / "me" / "invert.json").read_text()
+    assert json.loads(curve)["inputs"]["photo"].startswith(str(out / "aligned"))
+    inverted = torch.load(out / "items" / "me" / "invert" / "photo_w.pt")
+    edited = torch.load(out / "items" / "me" / "drag" / "ws.pt")
+    assert torch.equal(edited[6:], inverted[6:]) and not torch.equal(
+        edited[:6], inverted[:6]
+    )  # started there
+    pasted = read_rgb(out / "items" / "me" / "paste_back.png")
+    assert pasted.shape == data.astronaut().shape and (pasted != data.astronaut()).any()
+    assert "items/me/paste_back.png" in FitRecords(out).read_record("me")["outputs"]
+    again = run_fit(
+        drag_config(generator_file, manifest, tmp_path / "again", "experiment=draggan_photo", *inversion)
+    )
+    assert again["fitted"] == 1  # the photo's inversion came from the cache:
+    assert torch.equal(torch.load(tmp_path / "again" / "items" / "me" / "invert" / "photo_w.pt"), inverted)

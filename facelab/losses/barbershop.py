@@ -42,6 +42,25 @@ def lpips_per_item(
     return torch.stack([d.mean(dim=(1, 2, 3)) for d in distances]).sum(0)
 
 
+def embedding_loss(
+    image: torch.Tensor,  # [B, 3, R, R] generated, in [-1, 1]
+    target: torch.Tensor,  # [B, 3, R, R] the photo
+    image_low: torch.Tensor,  # [B, 3, r, r] the generated image bicubic-downsampled to the LPIPS size
+    target_features: list[torch.Tensor],  # lpips_features of the photo's LANCZOS copy at that size
+    ws: torch.Tensor,  # [B, num_ws, w_dim] the latent (all rows)
+    lpips_net: PerceptualDistance,
+    pca: LatentPCA,
+    weights: dict,
+) -> dict[str, torch.Tensor]:
+    """Barbershop's embedding loss (losses/embedding_loss.py + Net.cal_p_norm_loss): MSE at full
+    resolution, LPIPS-VGG at the low size, the P-norm prior; each weighted, each `[B]`."""
+    return {
+        "mse": weights["mse"] * mse_per_item(image, target),
+        "lpips": weights["lpips"] * lpips_per_item(lpips_net, image_low, target_features),
+        "p_norm": weights["p_norm"] * p_norm(ws, pca.to(ws.device)),
+    }
+
+
 def masked_lpips(
     net: PerceptualDistance,
     prediction: torch.Tensor,  # [B, 3, H, W] in [-1, 1]
