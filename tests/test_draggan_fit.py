@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from facelab.fit.job import run_fit
@@ -197,3 +198,56 @@ def test_a_real_photo_is_aligned_inverted_dragged_and_pasted_back(generator_file
     )
     assert again["fitted"] == 1  # the photo's inversion came from the cache:
     assert torch.equal(torch.load(tmp_path / "again" / "items" / "me" / "invert" / "photo_w.pt"), inverted)
+
+
+def test_the_landmark_benchmark_runs_end_to_end_and_counts_faces_dlib_misses(
+    generator_file, tmp_path, monkeypatch
+):
+    """dlib finds no face in a random tiny generator's images, so the detector is replaced by one that reads
+    landmarks off the image (a fixed layout shifted by the image's mean colour), and misses one seed."""
+    import numpy as np
+
+    from facelab.cli.train import run_eval
+    from facelab.ops import align
+
+    layout = np.stack(np.meshgrid(np.linspace(30, 90, 17), np.linspace(40, 80, 4)), -1).reshape(-1, 2)[:68]
+
+    def fake_detect(image, **kwargs):
+        if int(image.mean()) % 7 == 0:  # an image "without a face"
+            return []
+        return [layout + (image.mean() % 5)]
+
+    monkeypatch.setattr(align, "detect_faces", fake_detect)
+    cfg = compose_config(
+        "eval",
+        tmp_path / "eval",
+        [
+            "experiment=draggan_landmarks",
+            f"landmarks.generator_path={generator_file}",
+            "landmarks.pairs=3",
+            "landmarks.point_counts=[1,5]",
+            "landmarks.fid=false",
+            "landmarks.fit_overrides=['fit.module.stages.drag.steps=2','batch_size=4','fit.module.frame_size=32']",
+            "extras.print_config=false",
+        ],
+    )
+    rows = run_eval(cfg)["rows"]
+    assert [row["points"] for row in rows] == [1, 5]
+    drags = yaml.safe_load((tmp_path / "eval" / "drags.yaml").read_text())
+    missed = rows[0]["no_face_source"] + rows[0]["no_face_target"]
+    assert rows[0]["drags"] == rows[1]["drags"] == 3 - missed == len(drags) // 2  # each face pair counted
+    for drag in drags:
+        assert json.loads(
+            (tmp_path / "eval" / "drags" / "stages" / drag["item_id"] / "drag.json").read_text()
+        )
+    table = (tmp_path / "eval" / "landmarks.md").read_text()
+    assert "md_no_edit" in table and "no_face_source" in table
+    ones = [d for d in drags if len(d["handle_points"]) == 1]
+    assert ones and rows[0]["md_no_edit"] == pytest.approx(
+        np.mean(
+            [
+                np.linalg.norm(np.array(d["handle_points"]) - np.array(d["target_points"]), axis=1).mean()
+                for d in ones
+            ]
+        )
+    )

@@ -202,8 +202,13 @@ def run_train(cfg: DictConfig) -> float | None:
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    """Test a checkpoint, or a classical baseline, on the configured data's test split."""
+    """Test a checkpoint, or a classical baseline, on the configured data's test split (or run another
+    evaluation named by `eval_task`, e.g. experiment=draggan_landmarks)."""
     apply_extras(cfg)
+    if cfg.get("eval_task") == "draggan_landmarks":
+        from facelab.cli.draggan_landmarks import run_draggan_landmarks
+
+        return {"rows": run_draggan_landmarks(cfg)}
     if cfg.get("baseline") and cfg.get("ckpt"):
         raise ValueError("Give either ckpt=<file> or baseline=<zero|mean|biharmonic>, not both.")
     if not cfg.get("baseline") and not cfg.get("ckpt"):
