@@ -22,6 +22,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -316,7 +317,12 @@ class DragGAN(LatentFit):
                 for line in curves[1:]
             ],
         }
-        written = [folder / "drag.json", folder / "before_after.png", folder / "trajectory.gif"]
+        written = [
+            folder / "drag.json",
+            folder / "before_after.png",
+            folder / "trajectory.gif",
+            folder / "trajectory.mp4",
+        ]
         written[0].write_text(json.dumps(summary, indent=1))
         self._write_pictures(folder, load, valid, trajectory, steps, written)
         if self.paste_back:  # the edit back into the original photo, when the job aligned one
@@ -354,3 +360,17 @@ class DragGAN(LatentFit):
                 draw.line([hx * scale, hy * scale, tx * scale, ty * scale], fill=(255, 255, 255))
             pictures.append(image)
         pictures[0].save(written[2], save_all=True, append_images=pictures[1:], duration=100, loop=0)
+        write_mp4(pictures, written[3])
+
+
+def write_mp4(pictures: list[Image.Image], path: Path, fps: int = 10) -> None:
+    """The trajectory as an MPEG-4 video (OpenCV's mp4v), written to a temp file and renamed."""
+    width, height = pictures[0].size
+    temp = path.with_name(f".{path.stem}.tmp.mp4")
+    writer = cv2.VideoWriter(str(temp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write an mp4v video to {temp}.")
+    for picture in pictures:
+        writer.write(cv2.cvtColor(np.asarray(picture.convert("RGB")), cv2.COLOR_RGB2BGR))
+    writer.release()
+    temp.replace(path)

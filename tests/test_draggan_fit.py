@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from PIL import Image
@@ -97,6 +98,13 @@ def test_each_drag_writes_its_image_latent_json_pair_and_trajectory(generator_fi
     assert Image.open(folder / "before_after.png").size == (256, 128)
     gif = Image.open(folder / "trajectory.gif")
     assert gif.n_frames == 12 // 4 + 1 and gif.size == (64, 64)
+    import cv2
+
+    video = cv2.VideoCapture(str(folder / "trajectory.mp4"))
+    assert (
+        int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == gif.n_frames
+        and int(video.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
+    )
     assert Image.open(folder / "image.png").size == (128, 128)
     record = FitRecords(out).read_record("two")
     assert "items/two/drag/trajectory.gif" in record["outputs"]
@@ -251,3 +259,38 @@ def test_the_landmark_benchmark_runs_end_to_end_and_counts_faces_dlib_misses(
             ]
         )
     )
+
+
+class CrashOnce(pl.Callback):
+    """Kills the fit (an exception, as a crash) after its 5th optimiser step, the first time only."""
+
+    crashed = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 5 and not CrashOnce.crashed:
+            CrashOnce.crashed = True
+            raise RuntimeError("simulated crash")
+
+
+def test_a_drag_cut_off_mid_way_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
+    generator_file, tmp_path
+):
+    manifest = tmp_path / "drags.yaml"
+    manifest.write_text(DRAGS)
+    crashing = [f"+callbacks.crash._target_={__name__}.CrashOnce", "checkpoint_every_n_steps=2"]
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_fit(drag_config(generator_file, manifest, cut, "batch_size=3", *crashing))
+    assert not FitRecords(cut).done_ids()
+    run_fit(drag_config(generator_file, manifest, cut, "batch_size=3", *crashing))
+    run_fit(drag_config(generator_file, manifest, whole, "batch_size=3"))
+    starts = [e for e in FitRecords(cut).events() if e["event"] == "start"]
+    assert len(starts) == 2 and Path(starts[1]["resume"]).name == "chunk.ckpt"
+    for item_id in ("one", "two", "near"):
+        for name in ("ws", "handles", "trajectory"):
+            resumed = torch.load(cut / "items" / item_id / "drag" / f"{name}.pt")
+            uninterrupted = torch.load(whole / "items" / item_id / "drag" / f"{name}.pt")
+            torch.testing.assert_close(resumed, uninterrupted, rtol=1e-5, atol=1e-6)
+        per_step = json.loads((cut / "items" / item_id / "drag" / "drag.json").read_text())["per_step"]
+        # the curves before the cut were kept; "near" records its start's losses, then stops
+        assert len(per_step) == (1 if item_id == "near" else 12)
