@@ -108,12 +108,15 @@ class LatentFit(pl.LightningModule):
 
     # What a method says --------------------------------------------------------------------------------
     def init_latents(self, stage: str, batch: dict) -> dict[str, Latent]:
+        """The stage's named latents, each `[B, ...]` with its trainable rows (`item_generators` seeds)."""
         raise NotImplementedError
 
     def init_item_state(self, stage: str, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-item tensors `[B, ...]` that are not optimised (targets, tracked points, start features)."""
         return {}
 
     def item_losses(self, stage: str, latents: dict[str, torch.Tensor], batch: dict) -> dict:
+        """Each weighted loss term per item, `{name: [B]}`, for the items of `batch` only."""
         raise NotImplementedError
 
     def project(self, stage: str, latents: dict[str, nn.Parameter]) -> None:
