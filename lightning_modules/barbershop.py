@@ -341,16 +341,18 @@ class Barbershop(LatentFit):
             return self._blend_terms(latents, batch)
         raise KeyError(stage)
 
+    def begin_stage(self, stage: str, batch: dict) -> None:
+        self._fixed_features = {}  # a new stage or chunk: its fixed targets' features are computed anew
+        super().begin_stage(stage, batch)
+
     def fixed_features(self, name: str, batch: dict, compute) -> list[torch.Tensor]:
         """Features of a fixed per-item target, computed once per stage and chunk (`compute(images)` on the
         state tensor `name`) and picked for the items of `batch`: they are the same at every step."""
-        key = (self.stage, name, tuple(self.batch["meta"]["item_id"]))
-        if key not in self._fixed_features:
-            self._fixed_features = {k: v for k, v in self._fixed_features.items() if k[0] == self.stage}
-            self._fixed_features[key] = compute(self.state(name))
+        if name not in self._fixed_features:
+            self._fixed_features[name] = compute(self.state(name))
         ids = list(self.batch["meta"]["item_id"])
         wanted = list(batch["meta"]["item_id"])
-        features = self._fixed_features[key]
+        features = self._fixed_features[name]
         if wanted == ids:
             return features
         index = torch.tensor([ids.index(i) for i in wanted], device=self.device)
@@ -385,14 +387,16 @@ class Barbershop(LatentFit):
         ws = torch.cat([latents["w_shape"], latents["w_appearance"].index_select(0, separate)])
         images = self.synthesize(ws)
         logits = self.parse_logits(images)
-        state = batch["state"]
+        state, ids = batch["state"], list(batch["meta"]["item_id"])
         shape_state = {k[: -len("_shape")]: v for k, v in state.items() if k.endswith("_shape")}
+        shape_state |= {"pair": "shape", "item_ids": ids}
         out = {f"{k}_shape": v for k, v in terms_of(shape_state, logits[:size], images[:size]).items()}
         appearance_state = {
             k[: -len("_appearance")]: v.index_select(0, separate)
             for k, v in state.items()
             if k.endswith("_appearance")
         }
+        appearance_state |= {"pair": "appearance", "item_ids": [ids[i] for i in separate.tolist()]}
         appearance = terms_of(appearance_state, logits[size:], images[size:]) if len(separate) else None
         for name in [k[: -len("_shape")] for k in out]:
             value = out[f"{name}_shape"].new_zeros(size)
@@ -419,9 +423,14 @@ class Barbershop(LatentFit):
 
     def _reference_terms(self, pair_state: dict, logits: torch.Tensor, image: torch.Tensor) -> dict:
         hair = nearest(region(logits.argmax(1), self.labels.transfer), self.perceptual_size)  # no gradient
-        style_mask, style_image = pair_state["style_mask"], pair_state["style_image"]
-        with torch.no_grad():
-            target_taps = list(self.vgg(style_image * style_mask).values())
+        style_mask, pair = pair_state["style_mask"], pair_state["pair"]
+
+        def reference_taps(style_image: torch.Tensor) -> list[torch.Tensor]:  # fixed: computed once per stage
+            with torch.no_grad():
+                return list(self.vgg(style_image * self.state(f"style_mask_{pair}")).values())
+
+        items = {"meta": {"item_id": pair_state["item_ids"]}}
+        target_taps = self.fixed_features(f"style_image_{pair}", items, reference_taps)
         taps = list(self.vgg(self.low(image) * hair).values())
         return {
             "ce": self.weights["ce"] * parsing_cross_entropy(logits, pair_state["target"]),
