@@ -35,8 +35,6 @@ from pathlib import Path
 import torch
 
 from datamodules.fit_inputs import paste_into_photo
-from facelab.fit.cache import file_digest
-from facelab.io.files import user_cache_dir
 from facelab.losses.barbershop import (
     embedding_loss,
     lpips_features,
@@ -60,7 +58,7 @@ from facelab.ops.hair_masks import (
     region,
     within,
 )
-from facelab.ops.latent_pca import load_or_estimate_pca
+from facelab.ops.latent_pca import generator_pca
 from facelab.ops.resample import downsample_to, lanczos_resize
 from lightning_modules.latent_fit import Latent, LatentFit
 
@@ -114,7 +112,6 @@ class Barbershop(LatentFit):
     ):
         super().__init__(stages, init_seed, run_stages)
         self.image_columns = tuple(image_columns)
-        self._fixed_features: dict = {}
         if sign not in ("realistic", "fidelity"):
             raise ValueError(f"fit.module.sign={sign!r}: choose realistic or fidelity (Barbershop's --sign).")
         self.labels = ParserLabels(**(labels or {}))
@@ -148,10 +145,9 @@ class Barbershop(LatentFit):
                 f"{synthesis.block_resolutions[:-1]} for this {synthesis.img_resolution} px generator."
             )
         self.s_index = synthesis.first_w_index[2 * f_resolution]  # 7 at every resolution for F at 32 px
-        self._generator_digest = file_digest(generator_path)
-        cache = Path(pca_cache_dir) if pca_cache_dir else user_cache_dir("pca")
-        pca_file = cache / f"{self._generator_digest[:24]}-{pca_samples}-{pca_seed}.pt"
-        self.pca = load_or_estimate_pca(self.generator.mapping, pca_file, pca_samples, pca_seed)
+        self._generator_digest, self.pca = generator_pca(
+            self.generator.mapping, generator_path, pca_samples, pca_seed, pca_cache_dir
+        )
 
     # The frozen networks ---------------------------------------------------------------------------------
     @property
@@ -340,23 +336,6 @@ class Barbershop(LatentFit):
         if stage == "blend":
             return self._blend_terms(latents, batch)
         raise KeyError(stage)
-
-    def begin_stage(self, stage: str, batch: dict) -> None:
-        self._fixed_features = {}  # a new stage or chunk: its fixed targets' features are computed anew
-        super().begin_stage(stage, batch)
-
-    def fixed_features(self, name: str, batch: dict, compute) -> list[torch.Tensor]:
-        """Features of a fixed per-item target, computed once per stage and chunk (`compute(images)` on the
-        state tensor `name`) and picked for the items of `batch`: they are the same at every step."""
-        if name not in self._fixed_features:
-            self._fixed_features[name] = compute(self.state(name))
-        ids = list(self.batch["meta"]["item_id"])
-        wanted = list(batch["meta"]["item_id"])
-        features = self._fixed_features[name]
-        if wanted == ids:
-            return features
-        index = torch.tensor([ids.index(i) for i in wanted], device=self.device)
-        return [f.index_select(0, index) for f in features]
 
     def _lpips_target(self, name: str, batch: dict) -> list[torch.Tensor]:
         return self.fixed_features(name, batch, lambda images: lpips_features(self.lpips, images))

@@ -28,8 +28,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from datamodules.fit_inputs import paste_into_photo
-from facelab.fit.cache import file_digest
-from facelab.io.files import user_cache_dir
 from facelab.losses.barbershop import embedding_loss, lpips_features
 from facelab.metrics.perceptual import PerceptualDistance
 from facelab.nets.frozen import register_frozen
@@ -37,7 +35,7 @@ from facelab.nets.stylegan2_checkpoints import load_generator
 from facelab.ops.drag import drag_features, seed_start_ws
 from facelab.ops.drag_spec import DragSpecError, check_drag_spec
 from facelab.ops.drag_step import DragSettings, DragStart, drag_start, drag_step
-from facelab.ops.latent_pca import load_or_estimate_pca
+from facelab.ops.latent_pca import generator_pca
 from facelab.ops.resample import downsample_to, lanczos_resize
 from lightning_modules.latent_fit import Latent, LatentFit
 
@@ -92,10 +90,9 @@ class DragGAN(LatentFit):
         self.inversion_weights = {"mse": 1.0, "lpips": 1.0, "p_norm": 1e-3, **(weights or {})}
         self.perceptual_size = min(perceptual_size, self.image_size)
         register_frozen(self, "lpips", PerceptualDistance("vgg", weights_path=lpips_trunk_path))
-        self._generator_digest = file_digest(self.generator_path)
-        cache = Path(pca_cache_dir) if pca_cache_dir else user_cache_dir("pca")
-        pca_file = cache / f"{self._generator_digest[:24]}-{pca_samples}-{pca_seed}.pt"
-        self.pca = load_or_estimate_pca(self.generator.mapping, pca_file, pca_samples, pca_seed)
+        self._generator_digest, self.pca = generator_pca(
+            self.generator.mapping, self.generator_path, pca_samples, pca_seed, pca_cache_dir
+        )
 
     def cache_identity(self, stage: str) -> str:
         """What the inversion of a photo depends on besides the photo (facelab/fit/cache.py)."""
@@ -111,7 +108,7 @@ class DragGAN(LatentFit):
 
     def _inversion_terms(self, ws: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         image = self.generator.synthesis(ws, noise_mode="const")
-        target_features = lpips_features(self.lpips, batch["state"]["target_low"])
+        target_features = self.fixed_features("target_low", batch, lambda x: lpips_features(self.lpips, x))
         low = downsample_to(image, self.perceptual_size)
         return embedding_loss(
             image, batch["image"], low, target_features, ws, self.lpips, self.pca, self.inversion_weights

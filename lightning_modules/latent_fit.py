@@ -105,6 +105,7 @@ class LatentFit(pl.LightningModule):
         self.latent_names: list[str] = []
         self.state_names: list[str] = []
         self.curve_rows: list[dict] = []  # (item, step, term values) of this stage, for curves.csv
+        self._fixed_features: dict[str, list[torch.Tensor]] = {}  # see fixed_features
 
     # What a method says --------------------------------------------------------------------------------
     def init_latents(self, stage: str, batch: dict) -> dict[str, Latent]:
@@ -162,7 +163,7 @@ class LatentFit(pl.LightningModule):
         if stage not in self.stage_settings:
             raise KeyError(f"Unknown stage {stage!r}; this method's stages are {self.stage_names}.")
         self._clear_stage()
-        self.stage, self.batch, self.curve_rows = stage, batch, []
+        self.stage, self.batch, self.curve_rows, self._fixed_features = stage, batch, [], {}
         size = len(batch_ids(batch))
         for name, latent in self.init_latents(stage, batch).items():
             value = latent.value.detach().clone()
@@ -195,6 +196,18 @@ class LatentFit(pl.LightningModule):
     def state(self, name: str) -> torch.Tensor:
         """A per-item state buffer `[B, ...]` of the current stage (read and written in place)."""
         return getattr(self, f"state_{name}")
+
+    def fixed_features(self, name: str, batch: dict, compute) -> list[torch.Tensor]:
+        """Features of a fixed per-item state tensor `name` (a target image), computed once per stage and
+        chunk by `compute(state)` and picked for the items of `batch`: they are the same at every step."""
+        if name not in self._fixed_features:
+            self._fixed_features[name] = compute(self.state(name))
+        ids, wanted = batch_ids(self.batch), batch_ids(batch)
+        features = self._fixed_features[name]
+        if wanted == ids:
+            return features
+        index = torch.tensor([ids.index(i) for i in wanted], device=self.device)
+        return [f.index_select(0, index) for f in features]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for name in self.latent_names if (p := getattr(self, f"latent_{name}")) is not None]

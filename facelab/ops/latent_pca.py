@@ -55,6 +55,20 @@ def estimate_pca(mapping, samples: int, seed: int = 0, batch: int = 65536) -> La
     return LatentPCA(mean.float(), vectors.flip(1).T.contiguous().float(), order.sqrt().float())
 
 
+def generator_pca(
+    mapping, generator_path: str | Path, samples: int, seed: int = 0, cache_dir: str | Path | None = None
+) -> tuple[str, LatentPCA]:
+    """(the generator file's SHA-256, its W-space PCA), cached under `cache_dir` (default
+    `$FACELAB_CACHE/pca` or `~/.cache/facelab/pca`) by generator file, sample count and seed."""
+    from facelab.fit.cache import file_digest
+    from facelab.io.files import user_cache_dir
+
+    digest = file_digest(generator_path)
+    folder = Path(cache_dir) if cache_dir else user_cache_dir("pca")
+    pca_file = folder / f"{digest[:24]}-{samples}-{seed}.pt"
+    return digest, load_or_estimate_pca(mapping, pca_file, samples, seed)
+
+
 def load_or_estimate_pca(mapping, cache_file: str | Path, samples: int, seed: int = 0) -> LatentPCA:
     """The cached PCA at `cache_file` (named by the caller after the generator file, samples and seed), else
     estimate it and write it atomically. An unreadable cache file is re-estimated with a warning."""
