@@ -40,9 +40,14 @@ class StageCache:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
+        self._digests: dict[tuple, str] = {}  # (path, size, mtime) -> SHA-256: each image is read once
 
     def key(self, image_path: str | Path, identity: str) -> str:
-        return hashlib.sha256(f"{file_digest(image_path)}\n{identity}".encode()).hexdigest()[:40]
+        info = Path(image_path).stat()
+        signature = (str(image_path), info.st_size, info.st_mtime_ns)
+        if signature not in self._digests:
+            self._digests[signature] = file_digest(image_path)
+        return hashlib.sha256(f"{self._digests[signature]}\n{identity}".encode()).hexdigest()[:40]
 
     def entry_dir(self, key: str, stage: str) -> Path:
         return self.root / key[:2] / key / stage

@@ -154,6 +154,7 @@ def _fit_chunk(cfg: DictConfig, module, items, records: FitRecords, cache, chunk
             return "SIGTERM"
     if only:
         return ""
+    starts = [records.start_counts(stage) for stage in module.stage_names]  # the attempt log, read once
     for item in chunk:
         stage_records = {
             s: json.loads(records.stage_record_path(item.item_id, s).read_text()) for s in module.stage_names
@@ -168,7 +169,7 @@ def _fit_chunk(cfg: DictConfig, module, items, records: FitRecords, cache, chunk
                 "stages": module.stage_names,
                 "steps": {s: r.get("steps", 0) for s, r in stage_records.items()},
                 "losses": {s: r.get("losses", {}) for s, r in stage_records.items()},
-                "attempt": max([records.start_counts(s)[item.item_id] for s in module.stage_names] + [1]),
+                "attempt": max([counts[item.item_id] for counts in starts] + [1]),
                 "outputs": [f for r in stage_records.values() for f in r.get("outputs", [])] + extra,
             },
         )
