@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -29,28 +30,12 @@ from facelab.nets.stylegan2_checkpoints import save_generator  # noqa: E402
 from lightning_modules.barbershop import Barbershop  # noqa: E402
 from tests.fit_models import save_random_bisenet, save_random_vgg16  # noqa: E402
 
-ORDER = (
-    "embed_w",
-    "embed_fs",
-    "parse",
-    "mask_fill_1",
-    "mask_fill_2",
-    "align_identity",
-    "align_reference",
-    "blend",
-)
-
-
-OFFICIAL_STEPS = {
-    "embed_w": 1100,
-    "embed_fs": 250,
-    "parse": 0,
-    "mask_fill_1": 80,
-    "mask_fill_2": 80,
-    "align_identity": 140,
-    "align_reference": 100,
-    "blend": 400,
-}  # conf/fit/barbershop.yaml
+# The stages and their official step counts, as the job runs them (conf/fit/barbershop.yaml).
+_STAGES = OmegaConf.load(
+    Path(__file__).resolve().parent.parent / "conf" / "fit" / "barbershop.yaml"
+).module.stages
+ORDER = tuple(_STAGES)
+OFFICIAL_STEPS = {name: int(settings.steps) for name, settings in _STAGES.items()}
 
 
 def build(folder: Path, size: int, steps: int, channel_base: int) -> Barbershop:
