@@ -7,7 +7,9 @@ truncation 0.7), a saved latent (`.pt`) or another job's output. Each step is th
 its 2023-07-18 fix (facelab/ops/drag_step.py): the 128x128 block's features (no later block is run), point
 tracking first, then motion supervision around the tracked handles plus the mask term; an item whose handles
 are all within the stop distance stops (no update from that step on) while the others go on, and the stage
-ends when all have stopped or at `steps` (300 as the paper's landmark benchmark).
+ends when all have stopped or at `steps` (300 as the paper's landmark benchmark). A real photo is first
+inverted (`invert`) and, optionally, the generator tuned on it (`pti`, lightning_modules/draggan_pti.py); the
+drag then renders with that photo's tuned weights.
 
 Per-item state, saved in and restored from the chunk checkpoint: the handles as tracked, the targets, the
 start's features and reference features, the editable mask, and the trajectory (tracked handles at every
@@ -32,20 +34,21 @@ from facelab.losses.barbershop import embedding_loss, lpips_features
 from facelab.metrics.perceptual import PerceptualDistance
 from facelab.nets.frozen import register_frozen
 from facelab.nets.stylegan2_checkpoints import load_generator
-from facelab.ops.drag import drag_features, seed_start_ws
+from facelab.ops.drag import FEATURE_RESOLUTION, drag_features, seed_start_ws
 from facelab.ops.drag_spec import DragSpecError, check_drag_spec
 from facelab.ops.drag_step import DragSettings, DragStart, drag_start, drag_step
 from facelab.ops.latent_pca import generator_pca
 from facelab.ops.resample import downsample_to, lanczos_resize
+from lightning_modules.draggan_pti import PTI_STAGE, PivotalTuning, with_pti_stage
 from lightning_modules.latent_fit import Latent, LatentFit
 
 EDITED_ROWS = 6  # the renderer optimises ws[:, :6] (L297-300)
 
 
-class DragGAN(LatentFit):
+class DragGAN(PivotalTuning, LatentFit):
     """DragGAN drags; see the module docstring."""
 
-    image_outputs = {"drag": ("image", "start_image"), "invert": ("image",)}
+    image_outputs = {"drag": ("image", "start_image"), "invert": ("image",), PTI_STAGE: ("image",)}
     image_columns = ("photo",)
 
     def __init__(
@@ -60,16 +63,20 @@ class DragGAN(LatentFit):
         paste_back: bool = False,
         run_stages: list[str] | None = None,
         init_seed: int = 0,
+        pti: dict | None = None,
     ):
-        super().__init__(stages, init_seed, run_stages)
+        pti = dict(pti or {})
+        super().__init__(stages, init_seed, with_pti_stage(run_stages, stages, bool(pti.get("enabled"))))
         self.generator_path = str(generator_path)
         self.generator = self.lpips = None
         register_frozen(self, "generator", load_generator(generator_path))
         self.paste_back = paste_back
-        # A real photo is first inverted in W+ with Barbershop's embedding (a per-image, cached stage).
-        self.image_stages = ("invert",) if "invert" in self.stage_settings else ()
+        # A real photo is first inverted in W+ with Barbershop's embedding (a per-image, cached stage), then
+        # optionally the generator is tuned on it (PTI, lightning_modules/draggan_pti.py; cached alike).
+        self.image_stages = tuple(s for s in ("invert", PTI_STAGE) if s in self.stage_settings)
         if self.image_stages:
             self._setup_inversion(**(inversion or {}))
+        self._setup_pti(**pti)
         self.settings = DragSettings(**(settings or {}))
         self.truncation_psi, self.frame_every, self.frame_size = truncation_psi, frame_every, frame_size
         self.final_pass = False
@@ -95,7 +102,9 @@ class DragGAN(LatentFit):
         )
 
     def cache_identity(self, stage: str) -> str:
-        """What the inversion of a photo depends on besides the photo (facelab/fit/cache.py)."""
+        """What the inversion (or tuning) of a photo depends on besides the photo (facelab/fit/cache.py)."""
+        if stage == PTI_STAGE:
+            return self.pti_identity(self.cache_identity("invert"))
         settings = self.stage_settings[stage]
         parts = [
             self._generator_digest,
@@ -155,6 +164,8 @@ class DragGAN(LatentFit):
         return torch.stack(starts)
 
     def init_latents(self, stage: str, batch: dict) -> dict[str, Latent]:
+        if stage == PTI_STAGE:
+            return self._pti_latents(batch)
         if stage == "invert":  # from w_avg, every row (Barbershop's W+ embedding)
             size = len(batch["meta"]["item_id"])
             w_avg = self.generator.mapping.w_avg.view(1, 1, -1).repeat(size, self.generator.num_ws, 1)
@@ -163,6 +174,8 @@ class DragGAN(LatentFit):
 
     @torch.no_grad()
     def init_item_state(self, stage: str, batch: dict) -> dict[str, torch.Tensor]:
+        if stage == PTI_STAGE:
+            return self._pti_state(batch)
         if stage == "invert":
             return {"target_low": lanczos_resize(batch["image"], self.perceptual_size)}
         meta, size = batch["meta"], len(batch["meta"]["item_id"])
@@ -179,7 +192,7 @@ class DragGAN(LatentFit):
             targets[index, : len(target)] = torch.tensor(target, dtype=torch.float32)
             valid[index, : len(handle)] = True
         handles, targets, valid = handles.to(self.device), targets.to(self.device), valid.to(self.device)
-        features0 = drag_features(self.generator, self.start_ws(batch))
+        features0 = self._drag_features(self.start_ws(batch), batch)
         start = drag_start(features0, handles, self.image_size, self.settings)
         masks = batch.get("mask")
         editable = (
@@ -213,10 +226,12 @@ class DragGAN(LatentFit):
 
     # The step --------------------------------------------------------------------------------------------
     def item_losses(self, stage: str, latents: dict, batch: dict) -> dict[str, torch.Tensor]:
+        if stage == PTI_STAGE:
+            return self._pti_terms(latents, batch)
         if stage == "invert":
             return self._inversion_terms(latents["w"], batch)
         state = batch["state"]
-        features = drag_features(self.generator, latents["ws"])
+        features = self._drag_features(latents["ws"], batch)
         masked = state["has_mask"][:, None, None, None]
         editable = torch.where(masked, state["editable"], torch.ones_like(state["editable"]))
         step = drag_step(
@@ -246,13 +261,24 @@ class DragGAN(LatentFit):
         if len(frames):
             self._store_frames(frames, self.state("steps_taken")[frames] // self.frame_every)
 
+    def _drag_features(self, ws: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The feature block's output `[B, C, s, s]`, by each item's PTI generator when it has one."""
+        weights = self.tuned_weights(batch)
+        if weights is None:
+            return drag_features(self.generator, ws)
+        return self.synthesize(ws, weights, noise_mode="const", stop_after=FEATURE_RESOLUTION)
+
     def stop_items(self, stage: str, latents: dict, batch: dict, terms: dict) -> torch.Tensor | None:
+        if stage == PTI_STAGE:
+            return self._pti_stop()
         return self._finished if stage == "drag" else None
 
     @torch.no_grad()
     def _store_frames(self, positions: torch.Tensor, slots: torch.Tensor) -> None:
         ws = self.latents(positions)["ws"]
-        image = self.generator.synthesis(ws, noise_mode="const")
+        weights = self.tuned_weights(self.batch)
+        weights = None if weights is None else weights.index_select(0, positions.to(weights.device))
+        image = self.synthesize(ws, weights, noise_mode="const")
         small = torch.nn.functional.interpolate(
             image, size=(self.frame_size,) * 2, mode="bilinear", antialias=True, align_corners=False
         )
@@ -262,11 +288,14 @@ class DragGAN(LatentFit):
     # Outputs ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def stage_outputs(self, stage: str, latents: dict, batch: dict) -> dict[str, torch.Tensor]:
+        if stage == PTI_STAGE:
+            return self._pti_outputs(latents, batch)
         if stage == "invert":
             return {"w": latents["w"], "image": self.generator.synthesis(latents["w"], noise_mode="const")}
         state = batch["state"]
-        image = self.generator.synthesis(latents["ws"], noise_mode="const")
-        start = self.generator.synthesis(self.start_ws(batch), noise_mode="const")
+        weights = self.tuned_weights(batch)  # the photo's PTI generator, if it was tuned
+        image = self.synthesize(latents["ws"], weights, noise_mode="const")
+        start = self.synthesize(self.start_ws(batch), weights, noise_mode="const")
         distance = torch.linalg.norm(state["targets"] - state["handles"].float(), dim=-1)  # [B, N]
         return {
             "image": image,
