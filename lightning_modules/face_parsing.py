@@ -60,7 +60,7 @@ class FaceParsingTraining(pl.LightningModule):
     """Trains a BiSeNet on batches with `image` [B, 3, H, W] in [-1, 1] and `parsing` [B, H, W] long."""
 
     def __init__(self, n_classes: int = 19, loss: dict | None = None, optim: dict | None = None,
-                 class_names: list[str] | None = None, export_path: str | None = None):
+                 class_names: list[str] | None = None, export_path: str | None = None, width: int = 64):
         super().__init__()
         self.save_hyperparameters()
         self.loss_config = {**LOSS_DEFAULTS, **(loss or {})}
@@ -69,7 +69,7 @@ class FaceParsingTraining(pl.LightningModule):
         self.class_names = list(names or [f"class{i}" for i in range(n_classes)])
         if len(self.class_names) != n_classes:
             raise ValueError(f"model.class_names: {len(self.class_names)} names for n_classes={n_classes}.")
-        self.net = BiSeNet(n_classes)
+        self.net = BiSeNet(n_classes, width=width)
         confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)  # [true, predicted], val split
         self.register_buffer("confusion", confusion, persistent=False)
 
@@ -139,6 +139,7 @@ def export_parser(checkpoint_path: str | Path, output_path: str | Path) -> None:
     if "conv_out.conv_out.weight" not in net_state:
         raise ValueError(f"{checkpoint_path} is not a FaceParsingTraining checkpoint (no net.* BiSeNet "
                          "weights).")
-    net = BiSeNet(n_classes=net_state["conv_out.conv_out.weight"].shape[0])
+    net = BiSeNet(n_classes=net_state["conv_out.conv_out.weight"].shape[0],
+                  width=net_state["cp.resnet.conv1.weight"].shape[0])
     net.load_state_dict(net_state, strict=True)
     save_parser(net, output_path)

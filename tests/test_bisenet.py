@@ -85,6 +85,22 @@ def test_saved_state_dicts_load_and_give_full_size_logits(tmp_path, n_classes, s
     assert not torch.allclose(aux16, logits)
 
 
+def test_a_narrower_parser_scales_every_width_and_loads_with_its_width_read_from_the_file(tmp_path):
+    narrow = BiSeNet(19, width=32)
+    full_shapes = {key: tuple(value.shape) for key, value in BiSeNet(19).state_dict().items()}
+    for key, value in narrow.state_dict().items():  # channel counts halve; kernels, RGB and classes stay
+        expected = [size // 2 if size in (64, 128, 256, 512) and i < 2 else size
+                    for i, size in enumerate(full_shapes[key])]
+        assert list(value.shape) == expected, key
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in BiSeNet(19).parameters()) / 3.9
+    torch.manual_seed(0)
+    saved = BiSeNet(19, width=32).state_dict()
+    net = load_bisenet(_save(saved, tmp_path))
+    assert net.width == 32 and torch.equal(net.state_dict()["ffm.conv2.weight"], saved["ffm.conv2.weight"])
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
 def test_module_prefixed_state_dict_loads(tmp_path):
     state = _random_state(16)
     prefixed = OrderedDict((f"module.{key}", value) for key, value in state.items())

@@ -60,23 +60,24 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 trunk without the classifier; returns the 1/8, 1/16 and 1/32 features."""
+    """ResNet-18 trunk without the classifier; returns the 1/8, 1/16 and 1/32 features (w, 2w, 4w, 8w wide)."""
 
-    def __init__(self):
+    def __init__(self, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths = ((64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2))
+        w = width
+        widths = ((w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 2))
         for index, (c_in, c_out, stride) in enumerate(widths, start=1):
             layer = nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out))
             self.add_module(f"layer{index}", layer)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))  # [B, 64, H/4, W/4]
-        feat8 = self.layer2(self.layer1(x))  # [B, 128, H/8, W/8]
-        feat16 = self.layer3(feat8)  # [B, 256, H/16, W/16]
-        feat32 = self.layer4(feat16)  # [B, 512, H/32, W/32]
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))  # [B, w, H/4, W/4]
+        feat8 = self.layer2(self.layer1(x))  # [B, 2w, H/8, W/8]
+        feat16 = self.layer3(feat8)  # [B, 4w, H/16, W/16]
+        feat32 = self.layer4(feat16)  # [B, 8w, H/32, W/32]
         return feat8, feat16, feat32
 
 
@@ -98,22 +99,23 @@ class AttentionRefinementModule(nn.Module):
 class ContextPath(nn.Module):
     """Context path: ResNet-18, ARMs at 1/16 and 1/32, the global context (`conv_avg`), top-down heads."""
 
-    def __init__(self):
+    def __init__(self, width: int = 64):
         super().__init__()
-        self.resnet = ResNet18()
-        self.arm16 = AttentionRefinementModule(256, 128)
-        self.arm32 = AttentionRefinementModule(512, 128)
-        self.conv_head32 = ConvBNReLU(128, 128)
-        self.conv_head16 = ConvBNReLU(128, 128)
-        self.conv_avg = ConvBNReLU(512, 128, kernel_size=1)
+        w = width
+        self.resnet = ResNet18(w)
+        self.arm16 = AttentionRefinementModule(4 * w, 2 * w)
+        self.arm32 = AttentionRefinementModule(8 * w, 2 * w)
+        self.conv_head32 = ConvBNReLU(2 * w, 2 * w)
+        self.conv_head16 = ConvBNReLU(2 * w, 2 * w)
+        self.conv_avg = ConvBNReLU(8 * w, 2 * w, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feat8, feat16, feat32 = self.resnet(x)
-        context = self.conv_avg(feat32.mean((2, 3), keepdim=True))  # [B, 128, 1, 1], broadcast below
+        context = self.conv_avg(feat32.mean((2, 3), keepdim=True))  # [B, 2w, 1, 1], broadcast below
         up32 = F.interpolate(self.arm32(feat32) + context, feat16.shape[2:], mode="nearest")
-        up32 = self.conv_head32(up32)  # [B, 128, H/16, W/16]
+        up32 = self.conv_head32(up32)  # [B, 2w, H/16, W/16]
         up16 = F.interpolate(self.arm16(feat16) + up32, feat8.shape[2:], mode="nearest")
-        up16 = self.conv_head16(up16)  # [B, 128, H/8, W/8]
+        up16 = self.conv_head16(up16)  # [B, 2w, H/8, W/8]
         return feat8, up16, up32
 
 
@@ -145,16 +147,22 @@ class BiSeNetOutput(nn.Module):
 
 
 class BiSeNet(nn.Module):
-    """Face-parsing BiSeNet: main head on the fused 1/8 feature, auxiliary heads on the context path."""
+    """Face-parsing BiSeNet: main head on the fused 1/8 feature, auxiliary heads on the context path.
 
-    def __init__(self, n_classes: int = 19):
+    `width` is the ResNet's first width; 64 is the reference network (every pretrained file). A smaller one
+    scales every channel count by width / 64 (facelab's shipped parser of the synthetic faces uses 32).
+    """
+
+    def __init__(self, n_classes: int = 19, width: int = 64):
         super().__init__()
         self.n_classes = n_classes
-        self.cp = ContextPath()
-        self.ffm = FeatureFusionModule(256, 256)
-        self.conv_out = BiSeNetOutput(256, 256, n_classes)
-        self.conv_out16 = BiSeNetOutput(128, 64, n_classes)
-        self.conv_out32 = BiSeNetOutput(128, 64, n_classes)
+        self.width = width
+        w = width
+        self.cp = ContextPath(w)
+        self.ffm = FeatureFusionModule(4 * w, 4 * w)
+        self.conv_out = BiSeNetOutput(4 * w, 4 * w, n_classes)
+        self.conv_out16 = BiSeNetOutput(2 * w, w, n_classes)
+        self.conv_out32 = BiSeNetOutput(2 * w, w, n_classes)
 
     def forward(
         self, images: torch.Tensor, return_aux: bool = False
@@ -162,7 +170,7 @@ class BiSeNet(nn.Module):
         """Logits [B, n_classes, H, W] for ImageNet-normalised images [B, 3, H, W] (+ the two aux heads)."""
         size = images.shape[2:]
         feat8, context8, context16 = self.cp(images)
-        fused = self.ffm(feat8, context8)  # [B, 256, H/8, W/8]; layer2 plays the spatial path
+        fused = self.ffm(feat8, context8)  # [B, 4w, H/8, W/8]; layer2 plays the spatial path
 
         def upsample(logits: torch.Tensor) -> torch.Tensor:
             return F.interpolate(logits, size, mode="bilinear", align_corners=True)
@@ -181,7 +189,7 @@ def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def load_bisenet(path: str | Path, device: str | torch.device = "cpu") -> BiSeNet:
-    """A BiSeNet in eval mode with the weights of `path`; the class count is read from the file."""
+    """A BiSeNet in eval mode with the weights of `path`; the class count and width are read from the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -195,7 +203,8 @@ def load_bisenet(path: str | Path, device: str | torch.device = "cpu") -> BiSeNe
     head = state.get("conv_out.conv_out.weight")
     if head is None or head.ndim != 4:
         raise ValueError(f"{path} has no 'conv_out.conv_out.weight'; it is not a BiSeNet state dict.")
-    net = BiSeNet(n_classes=head.shape[0])
+    stem = state.get("cp.resnet.conv1.weight")
+    net = BiSeNet(n_classes=head.shape[0], width=64 if stem is None else stem.shape[0])
     expected = net.state_dict()
     for key in expected:  # files saved before PyTorch 0.4.1 lack these counters; they are not weights
         if key.endswith("num_batches_tracked") and key not in state:
