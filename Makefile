@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: env train test bench lint clean slurm-up slurm-down
+.PHONY: env train test demo bench lint clean slurm-up slurm-down
 
 # torch and torchvision are resolved together from the index by uv.lock (never a local CPU wheel).
 $(BIN)/facelab-train: pyproject.toml uv.lock
@@ -23,6 +23,9 @@ test: env  ## the whole suite, as CI runs it (with the local Slurm when this mac
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then bash slurm/local/up.sh; \
 	else echo "not root or no apt-get: the local Slurm is not started, the slurm tests will skip"; fi
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: env  ## Barbershop and DragGAN on the shipped 128 px models, CPU, minutes: outputs/demo/figures.md
+	$(BIN)/python -m facelab.cli.demo $(ARGS)
 
 bench: env  ## speed / memory ratios against references
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
