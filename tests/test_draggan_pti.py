@@ -128,6 +128,48 @@ def test_pti_is_off_by_default_and_needs_the_photo_stages(assets, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_pti_cache_key_names_the_pivot_and_every_pti_setting(assets, tmp_path):
+    from hydra.utils import instantiate
+
+    manifest = write_manifest(assets, tmp_path / "photos.yaml")
+
+    def identities(*overrides: str) -> tuple[str, str]:
+        module = instantiate(pti_config(assets, manifest, tmp_path / "key", *overrides).fit.module)
+        return module.cache_identity("invert"), module.cache_identity("pti")
+
+    invert, pti = identities()
+    assert identities("fit.module.stages.drag.steps=3") == (invert, pti)  # the drag is not PTI's input
+    for setting in (
+        "fit.module.stages.pti.steps=11",
+        "fit.module.stages.pti.optimizer.lr=1e-4",
+        "fit.module.pti.lpips_threshold=0.05",
+        "fit.module.pti.weights.l2=0.5",
+        "fit.module.pti.locality.enabled=true",
+    ):
+        invert_now, pti_now = identities(setting)
+        assert invert_now == invert and pti_now != pti, setting
+    changed_pivot = identities("fit.module.stages.invert.steps=9")
+    assert changed_pivot[0] != invert and changed_pivot[1] != pti
+
+
+def test_each_item_runs_the_network_with_its_own_weights():
+    from facelab.nets.tuned_weights import parameter_layout, unflatten
+
+    synthesis = tiny_generator().synthesis
+    flat = flatten_weights(synthesis)
+    views = unflatten(flat, parameter_layout(synthesis)).values()
+    assert all(torch.equal(v, p) for v, p in zip(views, synthesis.parameters(), strict=True))
+    ws = torch.randn(2, synthesis.num_ws, synthesis.w_dim)
+    with torch.no_grad():
+        alone = [synthesis(ws[i : i + 1], noise_mode="const") for i in range(2)]  # each item in a batch of 1
+        weights = flat.expand(2, -1).clone()
+        assert torch.equal(call_per_item(synthesis, weights, ws, noise_mode="const"), torch.cat(alone))
+        weights[1] *= 1.1  # only the second item's network changes
+        mixed = call_per_item(synthesis, weights, ws, noise_mode="const")
+    assert torch.equal(mixed[0], alone[0][0]) and not torch.allclose(mixed[1], alone[1][0], atol=1e-3)
+
+
+@pytest.mark.slow
 def test_without_pti_a_photo_job_tunes_nothing(assets, tmp_path):
     manifest = write_manifest(assets, tmp_path / "photos.yaml", photos=("face",))
     out = tmp_path / "plain"
