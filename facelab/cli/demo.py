@@ -56,6 +56,8 @@ from facelab.ops.resample import downsample_to
 
 log = logging.getLogger("facelab")
 REPO = Path(CONFIG_DIR).parent
+# The shipped pair (generator.pt, parser.pth). DragGAN needs a generator of at least 128 px.
+SHIPPED_MODELS = (REPO / "models" / "synthetic128",)
 TRANSFER, DRAG = "transfer", "drag"  # the item ids of the two jobs
 ROLES = ("identity", "shape", "appearance")
 
@@ -103,15 +105,22 @@ def perceptual_trunk(vgg_weights: str | None, out: Path) -> tuple[Path, str]:
     )
 
 
-def required_file(path: str, what: str) -> Path:
-    resolved = Path(path).expanduser().resolve()
-    if not resolved.is_file():
-        raise SystemExit(
-            f"{what} {resolved} not found. The demo runs on the small models committed under "
-            f"models/synthetic128/ (README, 'Training a StyleGAN2 and a face parser'); pass another with "
-            f"--generator / --parser."
-        )
-    return resolved
+def model_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The generator and parser: --generator / --parser, else those in --models, else the shipped pair."""
+    shipped = (f for f in SHIPPED_MODELS if (f / "generator.pt").is_file())
+    folder = args.models or str(next(shipped, SHIPPED_MODELS[0]))
+    files = {
+        "generator": Path(args.generator or Path(folder) / "generator.pt").expanduser().resolve(),
+        "parser": Path(args.parser or Path(folder) / "parser.pth").expanduser().resolve(),
+    }
+    for what, path in files.items():
+        if not path.is_file():
+            raise SystemExit(
+                f"The demo's {what} {path} is not there. It runs on the small models committed under "
+                f"models/ (README, 'Training a StyleGAN2 and a face parser'); give another folder with "
+                f"--models, or files with --generator / --parser."
+            )
+    return files
 
 
 def parse(parser, images: torch.Tensor, size: int) -> torch.Tensor:
@@ -170,6 +179,8 @@ def run_barbershop(out: Path, models: dict, quick: bool, overrides: list[str]) -
     resolution = load_generator(models["generator"]).img_resolution
     base = [
         f"fit.image_size={resolution}",
+        f"fit.module.parse_size={resolution}",  # the shipped parser is trained on faces of this size
+        f"fit.module.perceptual_size={min(64, resolution)}",
         f"fit.module.generator_path={models['generator']}",
         f"fit.module.parser_path={models['parser']}",
         f"fit.module.lpips_trunk_path={models['trunk']}",
@@ -304,7 +315,7 @@ def run_draggan(out: Path, models: dict, parser, quick: bool, overrides: list[st
         cfg = compose_job(
             "demo_draggan", job, [*base, f"fit.module.stages.drag.steps={cfg.demo.quick_steps}", *overrides]
         )
-    start = choose_drag(cfg.demo, generator, parser, min(128, size))
+    start = choose_drag(cfg.demo, generator, parser, size)
     handles = np.clip(np.round(start["handles"]), 0, size - 1).astype(int)
     targets = np.clip(handles + np.asarray(cfg.demo.offsets, dtype=int), 0, size - 1)
     spec = {
@@ -415,7 +426,10 @@ def figures_markdown(figures: dict) -> str:
         "",
         f"- generator: `{models['generator']}`; parser: `{models['parser']}`",
         f"- perceptual network (losses and LPIPS): {models['perceptual_trunk']}",
-        f"- Barbershop: {bb['seconds']:.0f} s, steps {bb['steps']}; inputs {bb['inputs']}",
+        f"- Barbershop: {bb['seconds']:.0f} s; steps "
+        + ", ".join(f"{stage} {steps}" for stage, steps in bb["steps"].items() if steps)
+        + "; inputs "
+        + ", ".join(f"{role}: {face}" for role, face in bb["inputs"].items()),
         f"- DragGAN: {dg['seconds']:.0f} s, seed {dg['seed']}, handles from {dg['landmark_source']}, "
         f"{dg['steps']} steps (cap {dg['step_cap']}, {'reached' if dg['reached'] else 'not reached'})",
         *[f"- note: {note}" for note in [*bb["notes"], *dg["notes"]]],
@@ -430,11 +444,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     trunk, trunk_text = perceptual_trunk(args.vgg_weights, out)
-    models = {
-        "generator": required_file(args.generator, "Generator"),
-        "parser": required_file(args.parser, "Parser"),
-        "trunk": trunk,
-    }
+    models = model_files(args) | {"trunk": trunk}
     parser = load_bisenet(models["parser"])
     log.info("demo 1/2: Barbershop hair transfer -> %s", out / "barbershop")
     barbershop = run_barbershop(out, models, args.quick, args.barbershop)
@@ -473,8 +483,15 @@ def run_demo(args: argparse.Namespace) -> dict:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m facelab.cli.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
-    parser.add_argument("--generator", default=str(REPO / "models" / "synthetic128" / "generator.pt"))
-    parser.add_argument("--parser", default=str(REPO / "models" / "synthetic128" / "parser.pth"))
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="a folder with generator.pt and parser.pth (default: models/synthetic128)",
+    )
+    parser.add_argument("--generator", default=None, help="a StyleGAN2 file (load_generator reads it)")
+    parser.add_argument(
+        "--parser", default=None, help="a 19-class BiSeNet state dict (load_bisenet reads it)"
+    )
     parser.add_argument(
         "--vgg-weights",
         default=None,
