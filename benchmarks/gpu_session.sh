@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session, as one script (the device time is short and a machine's start is costly): the GPU
-# measurements a GPU session owes the README, and the two embedded models retrained on the GPU.
+# measurements a GPU session owes the README, and the two embedded models (models/synthetic128/) trained.
 #   1. Barbershop's batching speed-up at config F, 256 / 512 / 1024 px, B = 1, 4, 16, with the GPU alone.
-#   2. The embedded generator (experiment=stylegan2_synthetic64) and parser (experiment=face_parsing_synthetic)
+#   2. The embedded generator (experiment=stylegan2_synthetic128) and parser (experiment=face_parsing_synthetic)
 #      trained side by side, each stopped by a wall-clock budget; meanwhile HOG, the inpainting training step
 #      and the DragGAN step are measured on the same GPU (so those figures share the GPU with the trainings).
 # Exports are copied to $OUT as they appear, so a run cut short still returns the latest ones.
@@ -24,7 +24,7 @@ if [ "$QUICK" = 1 ]; then
   BARBERSHOP=(--channel-base 1024 --sizes 64 --batches 1 2 --steps 1)
   GEN_EXTRA=(data.faces.size=32 data.faces.train_length=128 data.batch_size=8 data.eval_batch_size=8
              data.num_workers=1 trainer.val_check_interval=4 callbacks.model_checkpoint.every_n_train_steps=4
-             model.loss.pl_weight=0)
+             model.loss.pl_weight=0 data.pin_memory=false)
   PARSER_EXTRA=(data.faces.size=32 data.faces.train_length=64 data.batch_size=4 data.eval_batch_size=8
                 data.num_workers=1 trainer.val_check_interval=4 callbacks.model_checkpoint.every_n_train_steps=4)
   HOG=(--repeats 1) TRAIN_STEP=(--sizes 64 --batches 8 --steps 1 --repeats 1 --part-repeats 1)
@@ -32,8 +32,7 @@ if [ "$QUICK" = 1 ]; then
 else
   TRAINER=gpu GEN_TIME=00:00:05:00 PARSER_TIME=00:00:04:00 BENCH_TIME=170 DEADLINE=550
   BARBERSHOP=(--channel-base 32768 --sizes 256 512 1024 --batches 1 4 16 --steps 3)
-  GEN_EXTRA=(data.num_workers=6 data.pin_memory=true trainer.val_check_interval=500
-             callbacks.model_checkpoint.every_n_train_steps=500)
+  GEN_EXTRA=()
   PARSER_EXTRA=(data.num_workers=4 trainer.max_steps=4000)
   HOG=(--repeats 5) TRAIN_STEP=(--steps 3 --repeats 2)
   DRAG=(--resolutions 256 512 --batches 1 8 --repeats 3)
@@ -49,7 +48,7 @@ timeout "$BENCH_TIME" $PY benchmarks/bench_barbershop.py "${BARBERSHOP[@]}"
 
 stamp "2. training the shipped generator and parser (background), benchmarks beside them"
 COMMON=(trainer="$TRAINER" trainer.min_epochs=0 logger=csv extras.print_config=false trainer.enable_progress_bar=false)
-$PY -m facelab.cli.train experiment=stylegan2_synthetic64 "${COMMON[@]}" "+trainer.max_time=$GEN_TIME" \
+$PY -m facelab.cli.train experiment=stylegan2_synthetic128 "${COMMON[@]}" "+trainer.max_time=$GEN_TIME" \
   "hydra.run.dir=$RUNS/generator" "${GEN_EXTRA[@]}" >"$RUNS/generator.log" 2>&1 &
 gen_pid=$!
 $PY -m facelab.cli.train experiment=face_parsing_synthetic "${COMMON[@]}" "+trainer.max_time=$PARSER_TIME" \

@@ -221,17 +221,19 @@ def test_export_names_a_foreign_or_missing_checkpoint(tmp_path):
 
 
 def test_experiments_compose_with_the_official_defaults(tmp_path):
-    small = compose_config("train", tmp_path / "small", ["experiment=stylegan2_synthetic64"])
-    size, batch = small.data.faces.size, small.data.batch_size
-    # stylegan2-ada-pytorch --cfg=auto at this resolution and batch (train.py:166-175)
-    assert small.model.loss.r1_gamma == pytest.approx(0.0002 * size**2 / batch)
-    assert small.model.ema.half_life_kimg == pytest.approx(batch * 10 / 32) and small.model.ema.rampup == 0.05
-    assert batch % small.model.discriminator.mbstd_group_size == 0
-    assert small.model.generator.img_resolution == size == 64
-    assert "image_grid" not in small.callbacks and "preemption" in small.callbacks
+    for name, expected_size in (("stylegan2_synthetic64", 64), ("stylegan2_synthetic128", 128)):
+        small = compose_config("train", tmp_path / name, [f"experiment={name}"])
+        size, batch = small.data.faces.size, small.data.batch_size
+        # stylegan2-ada-pytorch --cfg=auto at this resolution and batch (train.py:166-175)
+        assert small.model.loss.r1_gamma == pytest.approx(0.0002 * size**2 / batch)
+        assert small.model.ema.half_life_kimg == pytest.approx(batch * 10 / 32)
+        assert small.model.ema.rampup == 0.05 and small.model.optim.lr == 0.0025
+        assert batch % small.model.discriminator.mbstd_group_size == 0
+        assert small.model.generator.img_resolution == size == expected_size
+        assert "image_grid" not in small.callbacks and "preemption" in small.callbacks
     paper = compose_config("train", tmp_path / "paper", ["experiment=stylegan2_paper256"])
     # cfg_specs['paper256']: gamma=1, ema=20, mb=64
     assert (paper.model.loss.r1_gamma, paper.model.ema.half_life_kimg, paper.data.batch_size) == (1, 20, 64)
     assert paper.model.generator.channel_base == 16384 and paper.model.loss.pl_weight == 2.0
     module = StyleGAN2Training(**{k: v for k, v in small.model.items() if k != "_target_"})
-    assert module.discriminator.img_resolution == 64 and module.generator.z_dim == 128
+    assert module.discriminator.img_resolution == 128 and module.generator.z_dim == 128
