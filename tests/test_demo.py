@@ -20,6 +20,7 @@ from facelab.nets.vgg import VGG16Features, load_vgg16_features_state
 from facelab.ops.face_points import parsed_mouth_corners
 from tests.conftest import compose_config
 from tests.fit_models import save_random_bisenet, tiny_generator
+from tests.test_barbershop_fit import STAGES as BARBERSHOP_STAGES
 
 
 # Figures ---------------------------------------------------------------------------------------------------
@@ -188,18 +189,8 @@ def test_quick_demo_on_tiny_random_networks_writes_every_promised_file(tmp_path,
         "weights/vgg16_random_seed0.pth",
     ]
     assert [name for name in promised if not (out / name).is_file()] == []
-    stages = [
-        "embed_w",
-        "embed_fs",
-        "parse",
-        "mask_fill_1",
-        "mask_fill_2",
-        "align_identity",
-        "align_reference",
-        "blend",
-    ]
     items = barbershop / "job" / "items" / "transfer"
-    assert all((items / stage).is_dir() for stage in stages)
+    assert all((items / stage).is_dir() for stage in BARBERSHOP_STAGES)
     assert (draggan / "job" / "items" / "drag" / "drag" / "drag.json").is_file()
     assert json.loads((out / "figures.json").read_text()) == json.loads(json.dumps(figures))
     assert "random" in figures["models"]["perceptual_trunk"] and figures["quick"]

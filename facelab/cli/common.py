@@ -6,6 +6,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,3 +40,13 @@ def instantiate_all(group: DictConfig | None) -> list:
         for entry in (group or {}).values()
         if isinstance(entry, DictConfig) and "_target_" in entry
     ]
+
+
+def compose_fit_config(out: Path | str, overrides: list[str]) -> DictConfig:
+    """The `fit` config as `facelab-fit <overrides>` composes it, with its run directory `out`, for entry
+    points that run a fit job in-process (facelab-drag, the demo)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("fit", return_hydra_config=True, overrides=[f"hydra.run.dir={out}", *overrides])
+    HydraConfig().set_config(cfg)
+    return cfg

@@ -32,14 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from facelab.cli.common import CONFIG_DIR
+from facelab.cli.common import CONFIG_DIR, compose_fit_config
 from facelab.fit.cache import file_digest
 from facelab.fit.job import run_fit
 from facelab.io.images import read_rgb, save_image, to_tensor, to_uint8
@@ -65,20 +62,7 @@ ROLES = ("identity", "shape", "appearance")
 # Set-up -------------------------------------------------------------------------------------------------
 def compose_job(experiment: str, job_dir: Path, overrides: list[str]) -> DictConfig:
     """The fit config of `experiment=<experiment>` writing into `job_dir`, as facelab-fit composes it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "fit",
-            return_hydra_config=True,
-            overrides=[
-                f"experiment={experiment}",
-                f"output_dir={job_dir}",
-                f"hydra.run.dir={job_dir}",
-                *overrides,
-            ],
-        )
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose_fit_config(job_dir, [f"experiment={experiment}", f"output_dir={job_dir}", *overrides])
 
 
 def perceptual_trunk(vgg_weights: str | None, out: Path) -> tuple[Path, str]:

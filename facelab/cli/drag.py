@@ -17,11 +17,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
-from facelab.cli.common import CONFIG_DIR
+from facelab.cli.common import compose_fit_config
 from facelab.fit.job import run_fit
 from facelab.nets.stylegan2_checkpoints import load_generator
 
@@ -58,22 +55,17 @@ def drag_main(argv: list[str] | None = None) -> dict:
     manifest = out / "drag_manifest.yaml"
     manifest.write_text(yaml.safe_dump([spec], default_flow_style=None))
     resolution = load_generator(generator).img_resolution
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "fit",
-            return_hydra_config=True,
-            overrides=[
-                "experiment=draggan",
-                f"manifest={manifest}",
-                f"output_dir={out}",
-                f"fit.image_size={resolution}",
-                f"fit.module.generator_path={generator}",
-                f"hydra.run.dir={out}",
-                *overrides,
-            ],
-        )
-    HydraConfig().set_config(cfg)
+    cfg = compose_fit_config(
+        out,
+        [
+            "experiment=draggan",
+            f"manifest={manifest}",
+            f"output_dir={out}",
+            f"fit.image_size={resolution}",
+            f"fit.module.generator_path={generator}",
+            *overrides,
+        ],
+    )
     return run_fit(cfg)
 
 

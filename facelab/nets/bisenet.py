@@ -60,7 +60,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 trunk without the classifier; returns the 1/8, 1/16 and 1/32 features (w, 2w, 4w, 8w wide)."""
+    """ResNet-18 trunk without the classifier; the 1/8, 1/16 and 1/32 features (w, 2w, 4w, 8w wide)."""
 
     def __init__(self, width: int = 64):
         super().__init__()
