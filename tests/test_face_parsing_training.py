@@ -118,6 +118,9 @@ FIT = [
     "data.faces.size=32", "data.faces.train_length=8", "data.faces.val_length=4",
     "data.batch_size=4", "data.eval_batch_size=4",
     "trainer.max_epochs=1", "+trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+    # validate and checkpoint per epoch (the experiments do it every N steps of their long splits)
+    "trainer.val_check_interval=null", "callbacks.model_checkpoint.every_n_train_steps=null",
+    "callbacks.model_checkpoint.every_n_epochs=1",
     "~callbacks.rich_progress_bar", "~callbacks.model_summary", "logger=csv", "extras.print_config=false",
 ]
 

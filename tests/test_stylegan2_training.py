@@ -162,6 +162,9 @@ FIT = [
     "model.optim.g_reg_interval=2", "model.optim.d_reg_interval=2",  # lazy phases on batch 0, not 1
     "model.sample_seeds=[0,1,2,3]",
     "trainer.max_epochs=1", "+trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+    # validate and checkpoint per epoch (the experiments do it every N steps of their long splits)
+    "trainer.val_check_interval=null", "callbacks.model_checkpoint.every_n_train_steps=null",
+    "callbacks.model_checkpoint.every_n_epochs=1",
     "~callbacks.rich_progress_bar", "~callbacks.model_summary", "logger=csv", "extras.print_config=false",
 ]
 
