@@ -43,7 +43,7 @@ from facelab.io.images import read_rgb, save_image, to_tensor, to_uint8
 from facelab.metrics.edit_figures import mask_iou, masked_lpips_distance, masked_psnr, point_distances
 from facelab.metrics.perceptual import PerceptualDistance
 from facelab.nets.bisenet import load_bisenet
-from facelab.nets.bisenet import normalize as bisenet_input
+from facelab.nets.bisenet import parse as parse_labels
 from facelab.nets.random_vgg import RANDOM_VGG16_SEED, write_random_vgg16
 from facelab.nets.stylegan2_checkpoints import load_generator
 from facelab.nets.vgg import default_vgg16_weights_path
@@ -54,7 +54,7 @@ from facelab.ops.resample import downsample_to
 log = logging.getLogger("facelab")
 REPO = Path(CONFIG_DIR).parent
 # The shipped pair (generator.pt, parser.pth). DragGAN needs a generator of at least 128 px.
-SHIPPED_MODELS = (REPO / "models" / "synthetic128",)
+SHIPPED_MODELS = REPO / "models" / "synthetic128"
 TRANSFER, DRAG = "transfer", "drag"  # the item ids of the two jobs
 ROLES = ("identity", "shape", "appearance")
 
@@ -91,8 +91,7 @@ def perceptual_trunk(vgg_weights: str | None, out: Path) -> tuple[Path, str]:
 
 def model_files(args: argparse.Namespace) -> dict[str, Path]:
     """The generator and parser: --generator / --parser, else those in --models, else the shipped pair."""
-    shipped = (f for f in SHIPPED_MODELS if (f / "generator.pt").is_file())
-    folder = args.models or str(next(shipped, SHIPPED_MODELS[0]))
+    folder = args.models or SHIPPED_MODELS
     files = {
         "generator": Path(args.generator or Path(folder) / "generator.pt").expanduser().resolve(),
         "parser": Path(args.parser or Path(folder) / "parser.pth").expanduser().resolve(),
@@ -109,8 +108,7 @@ def model_files(args: argparse.Namespace) -> dict[str, Path]:
 
 def parse(parser, images: torch.Tensor, size: int) -> torch.Tensor:
     """Parser labels `[B, size, size]` of `[B, 3, H, W]` images in [-1, 1], as Barbershop's parse stage."""
-    with torch.no_grad():
-        return parser(bisenet_input(downsample_to(images, size).clamp(-1, 1))).argmax(1)
+    return parse_labels(parser, downsample_to(images, size).clamp(-1, 1))
 
 
 def resized_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -458,9 +456,10 @@ def run_demo(args: argparse.Namespace) -> dict:
         "draggan": dg,
         "seconds": time.perf_counter() - began,
     }
+    markdown = figures_markdown(figures)
     (out / "figures.json").write_text(json.dumps(figures, indent=1))
-    (out / "figures.md").write_text(figures_markdown(figures))
-    log.info("demo done in %.0f s: %s\n%s", figures["seconds"], out / "figures.md", figures_markdown(figures))
+    (out / "figures.md").write_text(markdown)
+    log.info("demo done in %.0f s: %s\n%s", figures["seconds"], out / "figures.md", markdown)
     return figures
 
 

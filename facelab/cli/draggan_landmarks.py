@@ -31,20 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 from facelab.io.images import read_rgb, save_image
 from facelab.io.tables import markdown_text, write_tables
 from facelab.nets.stylegan2_checkpoints import load_generator
-from facelab.ops import align
 from facelab.ops.drag import seed_start_ws
+from facelab.ops.face_points import dlib_points
 
 log = logging.getLogger("facelab")
-POINT_SETS = {1: (30,), 5: (36, 39, 42, 45, 33), 68: tuple(range(68))}  # iBUG 68 indices (0-based)
-
-
-def landmarks_yx(image: np.ndarray) -> np.ndarray | None:
-    """The 68 landmarks `[68, 2]` as [y, x] of the largest face dlib finds in a uint8 image, or None."""
-    faces = align.detect_faces(image)
-    if not faces:
-        return None
-    largest = max(faces, key=lambda points: float(np.ptp(points[:, 0])))  # [68, 2] (x, y)
-    return largest[:, ::-1].astype(np.float64)
+ALL_68 = tuple(range(68))
+POINT_SETS = {1: (30,), 5: (36, 39, 42, 45, 33), 68: ALL_68}  # iBUG 68 indices (0-based)
 
 
 @torch.no_grad()
@@ -65,7 +57,7 @@ def build_manifest(settings: DictConfig, out: Path) -> tuple[list[dict], dict]:
         image_a, image_b = render_seed(generator, seed_a), render_seed(generator, seed_b)
         save_image(image_a, out / "faces" / f"{seed_a}.png")
         save_image(image_b, out / "faces" / f"{seed_b}.png")
-        points_a, points_b = landmarks_yx(image_a), landmarks_yx(image_b)
+        points_a, points_b = dlib_points(image_a, ALL_68), dlib_points(image_b, ALL_68)
         if points_a is None or points_b is None:
             missing["source" if points_a is None else "target"] += 1
             continue
@@ -140,7 +132,7 @@ def measure(drags: list[dict], missing: dict, out: Path, settings: DictConfig, s
             targets = np.asarray(drag["target_points"])
             before.append(float(np.linalg.norm(np.asarray(drag["handle_points"]) - targets, axis=1).mean()))
             edited_image = read_rgb(folder / "image.png")
-            found = landmarks_yx(edited_image)
+            found = dlib_points(edited_image, ALL_68)
             if found is None:
                 lost += 1
             else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from facelab.losses.barbershop import lpips_per_item, mse_per_item
+from facelab.losses.barbershop import lpips_features, lpips_per_item, mse_per_item
 from facelab.metrics.perceptual import PerceptualDistance
 
 
@@ -46,8 +46,7 @@ def locality_terms(
 ) -> dict[str, torch.Tensor]:
     """The locality regulariser (`ball_holder_loss_lazy` with one sample): the tuned generator must keep
     rendering latents away from the pivot as the original does."""
-    distances = lpips_net.layer_distances((tuned + 1) / 2, (original.detach() + 1) / 2)
-    lpips = torch.stack([d.mean(dim=(1, 2, 3)) for d in distances]).sum(0)
+    lpips = lpips_per_item(lpips_net, tuned, lpips_features(lpips_net, original))
     return {
         "locality_l2": weights["l2"] * mse_per_item(tuned, original.detach()),
         "locality_lpips": weights["lpips"] * lpips,
