@@ -317,3 +317,24 @@ def test_tuned_weights_survive_crashes_and_are_not_tuned_again(assets, tmp_path)
     assert torch.equal(
         load(again, "face", "pti", "photo_weights"), load(whole, "face", "pti", "photo_weights")
     )
+
+
+def test_locality_latent_and_terms_follow_the_official_regulariser(tmp_path):
+    from facelab.losses.pti import locality_terms, locality_ws
+    from facelab.metrics.perceptual import PerceptualDistance
+
+    torch.manual_seed(0)
+    pivot, sampled = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    ball = locality_ws(pivot, sampled, alpha=30.0)  # get_morphed_w_code: 30 along the unit direction
+    for item in range(2):
+        direction = (sampled[item] - pivot[item]).flatten()
+        expected = pivot[item].flatten() + 30.0 * direction / direction.norm()
+        assert torch.allclose(ball[item].flatten(), expected, atol=1e-5)
+    torch.save(random_trunk_state("alex"), tmp_path / "alexnet.pth")
+    lpips = PerceptualDistance("alex", weights_path=tmp_path / "alexnet.pth")
+    tuned, original = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    terms = locality_terms(tuned, original, lpips, {"l2": 0.1, "lpips": 0.3})
+    assert torch.allclose(terms["locality_l2"], 0.1 * (tuned - original).pow(2).mean(dim=(1, 2, 3)))
+    reference = lpips((tuned + 1) / 2, (original + 1) / 2)  # the metric's own LPIPS, images in [0, 1]
+    assert torch.allclose(terms["locality_lpips"], 0.3 * reference, atol=1e-6)
+    assert (terms["locality_lpips"] > 0).all()
