@@ -27,7 +27,7 @@ from facelab.nets.stylegan2_checkpoints import (
     nvlabs_to_rosinality,
     save_generator,
 )
-from facelab.nets.stylegan2_ops import modulated_conv2d, setup_filter, upsample2d
+from facelab.nets.stylegan2_ops import fir_filter, modulated_conv2d, setup_filter, upsample2d
 
 TINY = dict(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=32, mapping_layers=2)
 
@@ -130,6 +130,34 @@ def test_upsample2d_keeps_constants_and_has_gain_4():
     up = upsample2d(torch.full([1, 2, 6, 6], 3.0), setup_filter())
     assert up.shape == (1, 2, 12, 12)
     torch.testing.assert_close(up[..., 1:-1, 1:-1], torch.full([1, 2, 10, 10], 3.0))
+
+
+def test_fir_filter_equals_scipy_convolution_and_a_depthwise_conv_to_the_second_derivative():
+    """The separable slice-sum filter is a true 2-D convolution with the [k, k] kernel: equal to scipy's
+    `convolve2d` on the padded input, and its gradient and double backward (R1) equal a depthwise conv's."""
+    from scipy.signal import convolve2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    taps = torch.tensor([1.0, 2.0, 5.0, 3.0], dtype=torch.float64)  # asymmetric: the flip is visible
+    kernel = torch.outer(taps, taps) / taps.sum() ** 2  # setup_filter's construction, in float64
+    out = fir_filter(x, kernel, pad=(2, 1), gain=4.0)
+    padded = F.pad(x.detach(), [2, 1, 2, 1]).numpy()
+    expected = [[4.0 * convolve2d(padded[b, c], kernel.numpy(), mode="valid") for c in range(3)] for b in range(2)]
+    torch.testing.assert_close(out, torch.tensor(expected), rtol=1e-12, atol=1e-12)
+
+    def depthwise(inputs):
+        weight = (4.0 * kernel.flip([0, 1]))[None, None].repeat(3, 1, 1, 1)
+        return F.conv2d(F.pad(inputs, [2, 1, 2, 1]), weight, groups=3)
+
+    probe = torch.randn_like(out)
+    grads = []
+    for filtered in (fir_filter(x, kernel, pad=(2, 1), gain=4.0), depthwise(x)):
+        (grad,) = torch.autograd.grad((filtered * probe).sum(), x, create_graph=True)
+        (second,) = torch.autograd.grad((grad * x).square().sum(), x)
+        grads.append((grad, second))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-10, atol=1e-10)
 
 
 def test_modulated_conv_matches_plain_conv_formulation():

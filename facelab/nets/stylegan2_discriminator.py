@@ -15,17 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelab.nets.stylegan2 import FullyConnectedLayer
-from facelab.nets.stylegan2_ops import LRELU_GAIN, bias_linear, bias_lrelu, setup_filter
-
-
-def fir_filter(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-    """Pad (before, after) on H and W, then convolve every channel with `kernel` [k, k] (as NVlabs
-    upfirdn2d with up=down=1). Channels are folded into the batch for a single-channel conv: its double
-    backward (R1) is several times faster on CPUs than a grouped conv's."""
-    batch, channels, height, width = x.shape
-    x = F.pad(x.reshape(batch * channels, 1, height, width), [pad[0], pad[1], pad[0], pad[1]])
-    x = F.conv2d(x, kernel.flip([0, 1])[None, None].to(x.dtype))  # flipped: a true convolution, as NVlabs
-    return x.reshape(batch, channels, *x.shape[2:])
+from facelab.nets.stylegan2_ops import LRELU_GAIN, bias_linear, bias_lrelu, fir_filter, setup_filter
 
 
 def downsample_conv2d(x: torch.Tensor, weight: torch.Tensor, resample_filter: torch.Tensor,
