@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from datamodules import face_render as fr
 from datamodules.face_render import CELEBAMASK_HQ_CLASSES
 
-__all__ = ["CELEBAMASK_HQ_CLASSES", "FaceSample", "SyntheticFaces", "render_face"]
+__all__ = ["CELEBAMASK_HQ_CLASSES", "CLASS_COLOURS", "FaceSample", "SyntheticFaces", "render_face"]
 
 MIN_SIZE, MAX_SIZE = 32, 1024
 HAIR_STYLES = ("short", "long", "bangs", "bun", "bald", "curly", "bob")
@@ -381,7 +381,7 @@ class SyntheticFaces(Dataset):
 
 
 # A colour per parsing class for the labelled contact sheet.
-_CLASS_COLOURS = np.array([(0, 0, 0), (204, 150, 120), (255, 200, 0), (0, 255, 255), (0, 90, 255),
+CLASS_COLOURS = np.array([(0, 0, 0), (204, 150, 120), (255, 200, 0), (0, 255, 255), (0, 90, 255),
                            (0, 200, 90), (150, 0, 200), (220, 0, 120), (255, 120, 0), (120, 60, 0),
                            (255, 0, 0), (255, 90, 150), (150, 0, 40), (60, 40, 20), (0, 120, 120),
                            (255, 255, 0), (200, 255, 120), (120, 120, 255), (90, 90, 90)], np.uint8)
@@ -396,7 +396,7 @@ def contact_sheets(count: int = 16, size: int = 128, seed: int = 0, start: int =
         sample = render_face(size, seed, start + k)
         corner = ((k % columns) * size, (k // columns) * size)
         faces.paste(Image.fromarray(sample.image), corner)
-        blend = (0.35 * sample.image + 0.65 * _CLASS_COLOURS[sample.parsing]).astype(np.uint8)
+        blend = (0.35 * sample.image + 0.65 * CLASS_COLOURS[sample.parsing]).astype(np.uint8)
         tile = Image.fromarray(blend)
         draw = ImageDraw.Draw(tile)
         for n, (x, y) in enumerate(sample.landmarks):
