@@ -32,7 +32,9 @@ if [ "$QUICK" = 1 ]; then
 else
   TRAINER=gpu GEN_TIME=00:00:05:00 PARSER_TIME=00:00:04:00 BENCH_TIME=170 DEADLINE=550
   BARBERSHOP=(--channel-base 32768 --sizes 256 512 1024 --batches 1 4 16 --steps 3)
-  GEN_EXTRA=()
+  # stylegan2_synthetic128 is sized for the CPU (batch 16); on a GPU, --cfg=auto's batch 64 and its gamma, EMA
+  GEN_EXTRA=(data.batch_size=64 data.eval_batch_size=64 data.num_workers=6 data.pin_memory=true
+             model.loss.r1_gamma=0.0512 model.ema.half_life_kimg=20 float32_matmul_precision=high)
   PARSER_EXTRA=(data.num_workers=4 trainer.max_steps=4000)
   HOG=(--repeats 5) TRAIN_STEP=(--steps 3 --repeats 2)
   DRAG=(--resolutions 256 512 --batches 1 8 --repeats 3)
