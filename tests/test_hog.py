@@ -8,6 +8,7 @@ the 45 or 135 degree bound, where numpy's own arctan2 differs between CPUs (see 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from skimage.feature import hog as skimage_hog
 from datamodules.synthetic_faces import render_face
 from facelab.ops import hog_fast
 from facelab.ops.hog import BLOCK_NORMS, METHODS, hog, hog_cells, render_hog
+from facelab.ops.hog_native import kernel_off
 
 # (orientations, pixels_per_cell, cells_per_block, image size): sizes include non-multiples of the cell.
 PARAMS = [
@@ -293,7 +295,14 @@ def test_bad_arguments_raise():
         render_hog(torch.zeros(1, 9, 4, 4), 1)
 
 
-def test_float32_input_matches_skimage_in_float32():
+@pytest.fixture(params=["kernel", "torch"])
+def float32_path(request):
+    """float32 on the CPU runs the compiled kernel, or the torch fast path where no compiler is found."""
+    with kernel_off() if request.param == "torch" else contextlib.nullcontext():
+        yield request.param
+
+
+def test_float32_input_matches_skimage_in_float32(float32_path):
     """float32 works in float32 as skimage does for float32 images; both then differ from float64 alike
     (a channel tie on the astronaut crop flips with the precision, moving one pixel to another bin)."""
     images = _images((64, 80), gray=False)
@@ -355,7 +364,9 @@ def test_fast_path_equals_reference_in_float64(orientations, ppc, cpb, size, bat
 @pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), FAST_PARAMS)
-def test_fast_path_matches_reference_in_float32(orientations, ppc, cpb, size, batch, gray, norm):
+def test_fast_path_matches_reference_in_float32(
+    orientations, ppc, cpb, size, batch, gray, norm, float32_path
+):
     """float32 ranks channels by squared magnitude and rounds the angle in bins, not degrees: the last bit
     differs from the reference's float32 (itself not numpy's), which only a pixel within an ulp of a tie or
     a bound can notice. The quantised photo has such pixels on the 45-degree diagonals, so with a bound
@@ -392,7 +403,7 @@ def test_fast_path_stays_on_the_device(dtype):
     assert cells.device.type == "meta" and cells.dtype == dtype and cells.shape == (3, 12, 8, 7)
 
 
-def test_fast_path_reads_nothing_back_to_the_host(monkeypatch):
+def test_fast_path_reads_nothing_back_to_the_host(monkeypatch, float32_path):
     """The same on real CPU tensors: every way of reading a tensor into Python raises during the call."""
     images = _batch(_images((64, 64), gray=False)).float()
     expected = hog(images, 9, 8, 2, method="reference")
@@ -422,7 +433,7 @@ def test_unknown_method_raises():
         hog(torch.zeros(1, 3, 16, 16), method="faster")
 
 
-def test_a_non_finite_pixel_stays_in_its_cell():
+def test_a_non_finite_pixel_stays_in_its_cell(float32_path):
     """A NaN angle casts to an arbitrary int: it must still land in its own cell, not raise or spill."""
     images = torch.rand(2, 3, 32, 32)
     images[0, 1, 5, 5] = float("nan")

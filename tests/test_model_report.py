@@ -58,8 +58,9 @@ def test_report_on_tiny_networks_equals_numpy_counts_of_the_same_label_maps(tmp_
     save_generator(generator, tmp_path / "g.pt")
     save_random_bisenet(tmp_path / "p.pth", n_classes=len(CELEBAMASK_HQ_CLASSES))
     count, size = 16, generator.img_resolution
-    figures = model_report.main(["--generator", str(tmp_path / "g.pt"), "--parser", str(tmp_path / "p.pth"),
-                                 "--out", str(tmp_path / "report"), "--count", str(count), "--min-pixels", "2"])
+    models = ["--generator", str(tmp_path / "g.pt"), "--parser", str(tmp_path / "p.pth")]
+    options = ["--out", str(tmp_path / "report"), "--count", str(count), "--min-pixels", "2"]
+    figures = model_report.main([*models, *options])
 
     faces = SyntheticFaces(size=size, length=count, seed=model_report.HELD_OUT_SEED)  # the test split
     truth = np.stack([faces[i]["parsing"].numpy() for i in range(count)])

@@ -143,7 +143,8 @@ def test_fir_filter_equals_scipy_convolution_and_has_exact_first_and_second_deri
     kernel = torch.outer(taps, taps) / taps.sum() ** 2  # setup_filter's construction, in float64
     out = fir_filter(x, kernel, pad=(2, 1), gain=4.0)
     padded = F.pad(x.detach(), [2, 1, 2, 1]).numpy()
-    expected = [[4.0 * convolve2d(padded[b, c], kernel.numpy(), mode="valid") for c in range(3)] for b in range(2)]
+    taps = kernel.numpy()
+    expected = [[4.0 * convolve2d(padded[b, c], taps, mode="valid") for c in range(3)] for b in range(2)]
     torch.testing.assert_close(out, torch.tensor(expected), rtol=1e-12, atol=1e-12)
     small = x[:1, :2, :6, :5].detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: fir_filter(v, kernel, pad=(2, 1), gain=4.0), (small,))

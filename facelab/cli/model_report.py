@@ -83,7 +83,8 @@ def model_report(generator_path: Path, parser_path: Path, out: Path, count: int 
     images, truth = held_out_faces(size, count)
     predicted = parse_all(parser, images)
     ious = iou_per_class(confusion_matrix(predicted, truth, len(CELEBAMASK_HQ_CLASSES)))
-    per_class = {name: round(float(iou), 4) for name, iou in zip(CELEBAMASK_HQ_CLASSES, ious) if not iou.isnan()}
+    pairs = zip(CELEBAMASK_HQ_CLASSES, ious, strict=True)
+    per_class = {name: round(float(iou), 4) for name, iou in pairs if not iou.isnan()}
 
     samples = generator_samples(generator, range(count), psi)
     sample_labels = parse_all(parser, samples)
@@ -113,7 +114,8 @@ def report_markdown(figures: dict) -> str:
              "| class | " + " | ".join(figures["parser_iou"]) + " |",
              "|---|" + "---|" * len(figures["parser_iou"]),
              "| IoU | " + " | ".join(f"{v:.2f}" for v in figures["parser_iou"].values()) + " |", "",
-             f"Fraction of images in which the parser finds each part (at least {figures['min_pixels']} pixels; "
+             "Fraction of images in which the parser finds each part "
+             f"(at least {figures['min_pixels']} pixels; "
              f"generator: seeds 0-{figures['count'] - 1}, psi {figures['psi']}):", "",
              "| images | " + " | ".join([*FACE_PARTS, "all"]) + " |",
              "|---|" + "---|" * (len(FACE_PARTS) + 1)]

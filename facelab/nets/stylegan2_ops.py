@@ -24,7 +24,9 @@ def setup_filter(taps: list[float] | tuple[float, ...] = (1, 3, 3, 1)) -> torch.
     return kernel / kernel.sum()
 
 
-def fir_filter(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], gain: float = 1.0) -> torch.Tensor:
+def fir_filter(
+    x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int], gain: float = 1.0
+) -> torch.Tensor:
     """Pad (before, after) on H and W, then convolve every channel with `kernel` [k, k] times `gain` (NVlabs
     upfirdn2d with up=down=1, a true convolution: the kernel is flipped). x: [B, C, H, W] -> [B, C, H', W'].
 

@@ -7,7 +7,8 @@
 Two paths compute the cell histograms: `method="reference"` (`hog_reference.py`, skimage's rules written
 out plainly, the tested definition, with the notes on where numpy's last bits matter) and the default
 `method="fast"` (`hog_fast.py`, the same rules in fewer, cheaper passes; equal to the reference in
-float64, and to float32 rounding in float32). Block norms use eps = 1e-5 (L1: `+ eps`, L2: `+ eps**2`
+float64, and to float32 rounding in float32; float32 on the CPU runs as one compiled C pass per image,
+`hog_native.py`, where a C compiler is found). Block norms use eps = 1e-5 (L1: `+ eps`, L2: `+ eps**2`
 under the root); L2-Hys clips at 0.2 and renormalises.
 """
 

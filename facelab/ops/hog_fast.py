@@ -33,6 +33,7 @@ import math
 
 import torch
 
+from facelab.ops.hog_native import kernel_cell_histograms, load_kernel
 from facelab.ops.hog_reference import TIE, orientation_bins, select_channel, work_dtype
 
 __all__ = ["fast_cell_histograms", "fast_normalize_blocks"]
@@ -183,8 +184,13 @@ def fast_cell_histograms(
     orientations: int,
     cell: tuple[int, int],
 ) -> torch.Tensor:
-    """Per-cell orientation histograms `[B, n_cells_row, n_cells_col, orientations]` in the work dtype."""
+    """Per-cell orientation histograms `[B, n_cells_row, n_cells_col, orientations]` in the work dtype.
+    float32 on the CPU goes to the compiled kernel (`hog_native.py`) when it can be built."""
     images = images.detach().to(work_dtype(images.dtype))
+    if images.dtype == torch.float32 and images.device.type == "cpu":
+        kernel = load_kernel()
+        if kernel is not None:
+            return kernel_cell_histograms(kernel, images, orientations, cell)
     batch, channels, height, width = images.shape
     n_rows, n_cols = height // cell[0], width // cell[1]
     chunk = batch
