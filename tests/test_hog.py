@@ -1,6 +1,6 @@
 """facelab.ops.hog against skimage.feature.hog: descriptors, cell histograms, pictures and errors, for
-both the reference path (the tested definition) and the fast path; then the fast path against the
-reference path, and its device placement.
+both the reference path (the tested definition) and the fast path. The fast path against the reference,
+its float32 paths and its device placement are in test_hog_fast.py.
 
 Parity is bin for bin on these images. On other images a pixel in about 1e5 can sit within an ulp of
 the 45 or 135 degree bound, where numpy's own arctan2 differs between CPUs (see facelab/ops/hog.py).
@@ -8,80 +8,17 @@ the 45 or 135 degree bound, where numpy's own arctan2 differs between CPUs (see 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import skimage.feature._hog as skimage_hog_module
 import torch
-from scipy import ndimage
-from skimage import color, data, transform
-from skimage.feature import hog as skimage_hog
+from skimage import color
 
 from datamodules.synthetic_faces import render_face
-from facelab.ops import hog_fast
 from facelab.ops.hog import BLOCK_NORMS, METHODS, hog, hog_cells, render_hog
-from facelab.ops.hog_native import kernel_off
-
-# (orientations, pixels_per_cell, cells_per_block, image size): sizes include non-multiples of the cell.
-PARAMS = [
-    (9, 8, 2, (64, 64)),
-    (6, 4, 1, (67, 90)),
-    (12, (8, 6), (2, 3), (100, 83)),
-    (9, 16, 3, (53, 128)),
-    (12, 4, 3, (40, 37)),
-    (6, (8, 6), 2, (75, 61)),
-]
-RNG_SEED = 1234
-
-
-def _smooth(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Blurred noise in [0, 1]: long gentle gradients, unlike the photos and the raw noise."""
-    sigma = (3.0, 3.0, 0.0)[: len(shape)]
-    noise = ndimage.gaussian_filter(rng.random(shape), sigma)
-    return (noise - noise.min()) / np.ptp(noise)
-
-
-@functools.cache
-def _images(size: tuple[int, int], gray: bool) -> tuple[np.ndarray, ...]:
-    """Four different float64 images of one size, HWC (or HW when gray), as skimage takes them (cached)."""
-    rng = np.random.default_rng(RNG_SEED + size[0] * 1000 + size[1])
-    height, width = size
-    astronaut = data.astronaut()[20 : 20 + height, 180 : 180 + width] / 255.0  # a crop, quantised
-    coffee = transform.resize(data.coffee() / 255.0, size, anti_aliasing=True)  # a resize, not quantised
-    if gray:
-        camera = data.camera()[100 : 100 + height, 200 : 200 + width] / 255.0
-        return camera, color.rgb2gray(coffee), rng.random(size), _smooth(size, rng)
-    return astronaut, coffee, rng.random((*size, 3)), _smooth((*size, 3), rng)
-
-
-def _batch(images: Sequence[np.ndarray]) -> torch.Tensor:
-    """HWC / HW numpy images -> [B, C, H, W] float64."""
-    chw = [image[None] if image.ndim == 2 else image.transpose(2, 0, 1) for image in images]
-    return torch.from_numpy(np.ascontiguousarray(np.stack(chw)))
-
-
-def _as_pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    """skimage wants (rows, cols) pairs where ours also takes an int."""
-    return (value, value) if isinstance(value, int) else value
-
-
-def _reference(image: np.ndarray, orientations, ppc, cpb, norm="L2-Hys", **options) -> np.ndarray:
-    """skimage's hog, HWC images with channel_axis=-1, 2-D ones without."""
-    channel_axis = -1 if image.ndim == 3 else None
-    return skimage_hog(
-        image,
-        orientations,
-        _as_pair(ppc),
-        _as_pair(cpb),
-        norm,
-        feature_vector=False,
-        channel_axis=channel_axis,
-        **options,
-    )
+from tests.hog_images import PARAMS, as_batch, as_pair, hog_images, skimage_reference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,6 +28,7 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 
 @pytest.fixture
@@ -112,11 +50,11 @@ def captured_histograms(monkeypatch):
 @pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
 @pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), PARAMS)
 def test_hog_matches_skimage(orientations, ppc, cpb, size, gray, norm, method):
-    images = _images(size, gray)
-    out = hog(_batch(images), orientations, ppc, cpb, norm, method=method)
+    images = hog_images(size, gray)
+    out = hog(as_batch(images), orientations, ppc, cpb, norm, method=method)
     assert out.dtype == torch.float64
     for index, image in enumerate(images):
-        expected = _reference(image, orientations, ppc, cpb, norm)
+        expected = skimage_reference(image, orientations, ppc, cpb, norm)
         assert out.shape[1:] == expected.shape
         np.testing.assert_allclose(out[index].numpy(), expected, rtol=0, atol=1e-4, err_msg=f"image {index}")
         # Agreement is far tighter than the 1e-4 asked for: only skimage's float32 cell sums differ.
@@ -126,13 +64,13 @@ def test_hog_matches_skimage(orientations, ppc, cpb, size, gray, norm, method):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("orientations", "ppc"), [(9, 8), (6, 4), (12, (8, 6)), (7, 5)])
 def test_hog_cells_match_skimage_histograms(captured_histograms, orientations, ppc, method):
-    colour_images = _images((61, 70), gray=False)
+    colour_images = hog_images((61, 70), gray=False)
     images = [*colour_images, *(color.rgb2gray(image) for image in colour_images)]
-    colour, gray = _batch(images[:4]), _batch(images[4:])
+    colour, gray = as_batch(images[:4]), as_batch(images[4:])
     cells = [hog_cells(colour, orientations, ppc, method), hog_cells(gray, orientations, ppc, method)]
     cells = torch.cat(cells)
     for index, image in enumerate(images):
-        _reference(image, orientations, ppc, 1)
+        skimage_reference(image, orientations, ppc, 1)
         expected = captured_histograms[-1].transpose(2, 0, 1)  # -> [orientations, rows, cols]
         assert cells.shape[1:] == expected.shape
         # skimage sums each cell in float32: agreement to its precision, not bitwise.
@@ -149,8 +87,8 @@ def test_bin_bounds_are_skimage_doubles(captured_histograms, orientations, metho
             angle = math.radians(step * k + offset)
             rows, cols = np.mgrid[0:24, 0:24].astype(np.float64)
             ramp = 0.5 * math.sin(angle) * rows + 0.5 * math.cos(angle) * cols  # gradient (sin, cos)
-            cells = hog_cells(_batch([ramp]), orientations, 8, method)[0].numpy()
-            _reference(ramp, orientations, 8, 1)
+            cells = hog_cells(as_batch([ramp]), orientations, 8, method)[0].numpy()
+            skimage_reference(ramp, orientations, 8, 1)
             np.testing.assert_allclose(cells, captured_histograms[-1].transpose(2, 0, 1), rtol=1e-6)
             centre = cells[:, 1, 1]  # interior cell: every pixel has the ramp's gradient
             assert centre.argmax() == expected_bin and np.count_nonzero(centre) == 1
@@ -172,8 +110,8 @@ EXACT_BOUNDS = [
 def test_angles_on_a_bound(captured_histograms, orientations, gradient, expected_bin, method):
     image = np.zeros((3, 3))  # only the centre pixel has a gradient
     image[2, 1], image[1, 2] = gradient
-    cells = hog_cells(_batch([image]), orientations, 3, method)[0, :, 0, 0].numpy()
-    _reference(image, orientations, 3, 1)
+    cells = hog_cells(as_batch([image]), orientations, 3, method)[0, :, 0, 0].numpy()
+    skimage_reference(image, orientations, 3, 1)
     np.testing.assert_allclose(cells, captured_histograms[-1][0, 0], rtol=1e-7)  # skimage: float32 sums
     expected = np.zeros(orientations)
     if expected_bin is not None:
@@ -187,10 +125,11 @@ def test_channel_ties_take_the_first_channel(method, dtype):
     """Red varies along columns, green along rows with the same slope: skimage keeps red (orientation 0)."""
     rows, cols = np.mgrid[0:32, 0:32].astype(np.float64)
     image = np.stack([cols, rows, np.zeros_like(rows)], axis=-1)
-    inner = hog_cells(_batch([image]).to(dtype), 9, 8, method)[0, :, 1:-1, 1:-1]  # border: only green varies
+    # Inside the border only green varies.
+    inner = hog_cells(as_batch([image]).to(dtype), 9, 8, method)[0, :, 1:-1, 1:-1]
     assert torch.count_nonzero(inner[1:]) == 0 and torch.all(inner[0] == 2.0)
-    descriptor = hog(_batch([image]), 9, 8, 2, method=method)[0].numpy()
-    np.testing.assert_allclose(descriptor, _reference(image, 9, 8, 2), atol=1e-12)
+    descriptor = hog(as_batch([image]), 9, 8, 2, method=method)[0].numpy()
+    np.testing.assert_allclose(descriptor, skimage_reference(image, 9, 8, 2), atol=1e-12)
 
 
 # Two channels whose gradients are the same integer steps swapped, from other base values: equal lengths
@@ -214,8 +153,8 @@ def test_near_tied_channels_rank_as_numpy(captured_histograms, method):
         for channel, (row_next, row_prev, col_next, col_prev) in enumerate(channels):
             image[2, centre, channel], image[0, centre, channel] = row_next / 255, row_prev / 255
             image[1, centre + 1, channel], image[1, centre - 1, channel] = col_next / 255, col_prev / 255
-    cells = hog_cells(_batch([image]), 9, 3, method)[0].numpy()
-    _reference(image, 9, 3, 1)
+    cells = hog_cells(as_batch([image]), 9, 3, method)[0].numpy()
+    skimage_reference(image, 9, 3, 1)
     np.testing.assert_allclose(cells, captured_histograms[-1].transpose(2, 0, 1), rtol=1e-6, atol=1e-12)
 
 
@@ -232,7 +171,7 @@ def test_near_tied_channels_rank_as_numpy(captured_histograms, method):
 )
 def test_render_hog_equals_skimage_picture(monkeypatch, orientations, ppc, size):
     """skimage draws our cell values (patched into its kernel): the rasterisation must be identical."""
-    c_row, c_col = _as_pair(ppc)
+    c_row, c_col = as_pair(ppc)
     rows, cols = size[0] // c_row, size[1] // c_col
     cells = torch.from_numpy(np.random.default_rng(7).random((2, orientations, rows, cols)))
 
@@ -247,17 +186,17 @@ def test_render_hog_equals_skimage_picture(monkeypatch, orientations, ppc, size)
     for index in range(2):
         values = cells[index].permute(1, 2, 0).numpy()
         monkeypatch.setattr(skimage_hog_module._hoghistogram, "hog_histograms", kernel_writing(values))
-        _, expected = _reference(np.zeros(size), orientations, ppc, 1, visualize=True)
+        _, expected = skimage_reference(np.zeros(size), orientations, ppc, 1, visualize=True)
         assert np.array_equal(pictures[index, 0].numpy(), expected[: rows * c_row, : cols * c_col])
         assert not expected[rows * c_row :].any() and not expected[:, cols * c_col :].any()
 
 
 def test_render_of_hog_cells_matches_skimage_end_to_end():
-    images = _images((72, 90), gray=False)  # 90 px: the last 2 columns hold no cell and stay black
-    pictures = render_hog(hog_cells(_batch(images), 9, 8), 8)
+    images = hog_images((72, 90), gray=False)  # 90 px: the last 2 columns hold no cell and stay black
+    pictures = render_hog(hog_cells(as_batch(images), 9, 8), 8)
     assert pictures.shape == (4, 1, 72, 88)
     for index, image in enumerate(images):
-        _, expected = _reference(image, 9, 8, 2, visualize=True)
+        _, expected = skimage_reference(image, 9, 8, 2, visualize=True)
         assert not expected[:, 88:].any()
         # The cell values carry skimage's float32 cell sums, hence a relative tolerance.
         np.testing.assert_allclose(pictures[index, 0].numpy(), expected[:, :88], rtol=1e-5, atol=1e-12)
@@ -268,7 +207,7 @@ def test_too_small_images_raise_like_skimage():
     with pytest.raises(ValueError, match="too small") as ours:
         hog(torch.zeros(2, 3, 15, 40), 9, 8, 2)
     with pytest.raises(ValueError, match="too small") as theirs:
-        _reference(np.zeros((15, 40, 3)), 9, 8, 2)
+        skimage_reference(np.zeros((15, 40, 3)), 9, 8, 2)
     assert str(ours.value) == str(theirs.value)
     assert hog(torch.zeros(1, 3, 16, 16), 9, 8, 2).shape == (1, 1, 1, 2, 2, 9)  # exactly one block is fine
     with pytest.raises(ValueError, match="too small"):
@@ -295,30 +234,6 @@ def test_bad_arguments_raise():
         render_hog(torch.zeros(1, 9, 4, 4), 1)
 
 
-@pytest.fixture(params=["kernel", "torch"])
-def float32_path(request):
-    """float32 on the CPU runs the compiled kernel, or the torch fast path where no compiler is found."""
-    with kernel_off() if request.param == "torch" else contextlib.nullcontext():
-        yield request.param
-
-
-def test_float32_input_matches_skimage_in_float32(float32_path):
-    """float32 works in float32 as skimage does for float32 images; both then differ from float64 alike
-    (a channel tie on the astronaut crop flips with the precision, moving one pixel to another bin)."""
-    images = _images((64, 80), gray=False)
-    single = hog(_batch(images).float(), 9, 8, 2)
-    assert single.dtype == torch.float32
-    for index, image in enumerate(images):
-        expected = _reference(image.astype(np.float32), 9, 8, 2)
-        np.testing.assert_allclose(single[index].numpy(), expected, rtol=0, atol=1e-5)
-    exact = hog(_batch(images), 9, 8, 2)
-    assert (single.double() - exact).abs().mean() < 1e-4
-    half = _batch(images).half()
-    cells = hog_cells(half, 9, 8)  # computed in float32, returned in float16
-    assert cells.dtype == torch.float16
-    assert torch.allclose(cells.float(), hog_cells(half.float(), 9, 8), rtol=1e-3, atol=1e-6)
-
-
 @pytest.mark.parametrize("norm", BLOCK_NORMS)
 @pytest.mark.parametrize(
     ("orientations", "ppc", "cpb", "size"), [(9, 8, 2, 64), (9, 8, 3, 256), (12, 4, 2, 96)]
@@ -326,117 +241,8 @@ def test_float32_input_matches_skimage_in_float32(float32_path):
 def test_hog_matches_skimage_on_synthetic_faces(orientations, ppc, cpb, size, norm):
     """The embedded default data: flat skin and hard clip-art edges, unlike the photos above."""
     faces = [render_face(size, seed=0, index=index).image / 255.0 for index in range(3)]
-    ours = hog(_batch(faces), orientations, ppc, cpb, norm)
+    ours = hog(as_batch(faces), orientations, ppc, cpb, norm)
     for face, got in zip(faces, ours, strict=True):
-        expected = torch.from_numpy(_reference(face, orientations, ppc, cpb, norm))
+        expected = torch.from_numpy(skimage_reference(face, orientations, ppc, cpb, norm))
         assert got.shape == expected.shape
         assert (got - expected).abs().max() < 1e-4
-
-
-# The fast path against the reference path. Sizes include non-multiples of the cell (pixels past the
-# last whole cell must count for nothing) and orientations with a bound at 45 or 90 degrees (12, 6).
-FAST_PARAMS = [
-    (9, 8, 2, (64, 64)),
-    (6, 4, 1, (67, 90)),
-    (12, (8, 6), (2, 3), (100, 83)),
-    (7, 5, 3, (53, 61)),
-]
-
-
-@pytest.mark.parametrize("norm", BLOCK_NORMS)
-@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
-@pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), FAST_PARAMS)
-def test_fast_path_equals_reference_in_float64(orientations, ppc, cpb, size, batch, gray, norm):
-    """Same bins pixel for pixel (the near-tie and near-bound redo included); only the order of the sums
-    differs, hence 1e-12 and not bitwise."""
-    images = _batch(_images(size, gray))[:batch]
-    fast = hog(images, orientations, ppc, cpb, norm, method="fast")
-    reference = hog(images, orientations, ppc, cpb, norm, method="reference")
-    assert fast.dtype == torch.float64 and fast.shape == reference.shape and fast.is_contiguous()
-    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-12)
-    cells = hog_cells(images, orientations, ppc, method="fast")
-    expected = hog_cells(images, orientations, ppc, method="reference")
-    torch.testing.assert_close(cells, expected, rtol=0, atol=1e-14)
-
-
-@pytest.mark.parametrize("norm", BLOCK_NORMS)
-@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
-@pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize(("orientations", "ppc", "cpb", "size"), FAST_PARAMS)
-def test_fast_path_matches_reference_in_float32(
-    orientations, ppc, cpb, size, batch, gray, norm, float32_path
-):
-    """float32 ranks channels by squared magnitude and rounds the angle in bins, not degrees: the last bit
-    differs from the reference's float32 (itself not numpy's), which only a pixel within an ulp of a tie or
-    a bound can notice. The quantised photo has such pixels on the 45-degree diagonals, so with a bound
-    there (12 orientations) only the unquantised images are compared; with 9, 6 or 7 all four are."""
-    first = 2 if orientations % 4 == 0 else 0  # images 2 and 3: the random and the smooth ones
-    images = _batch(_images(size, gray))[first : first + batch].float()
-    fast = hog(images, orientations, ppc, cpb, norm, method="fast")
-    reference = hog(images, orientations, ppc, cpb, norm, method="reference")
-    assert fast.dtype == torch.float32 and fast.shape == reference.shape
-    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
-    assert (fast - reference).abs().mean() < 1e-6
-
-
-def test_chunks_of_the_batch_add_up_to_the_whole(monkeypatch):
-    """On CPU the batch runs in chunks, the last one short: the result must not depend on the chunking."""
-    images = _batch([*_images((61, 70), gray=False), *_images((61, 70), gray=False)[:3]])  # 7 images
-    whole = hog_cells(images, 9, 8)
-    monkeypatch.setattr(hog_fast, "_CHUNK_BYTES", 3 * images[0].numel() * images.element_size())
-    chunked = hog_cells(images, 9, 8)  # chunks of 3, 3 and 1
-    assert torch.equal(chunked, whole)
-    for index in range(len(images)):
-        assert torch.equal(hog_cells(images[index : index + 1], 9, 8)[0], whole[index])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fast_path_stays_on_the_device(dtype):
-    """Meta tensors carry no data: any read to the host (`.item()`, `.cpu()`, a Python `if` on a tensor)
-    or any tensor made on another device would fail. Every output keeps the input's device and dtype."""
-    images = torch.empty(3, 3, 70, 61, device="meta", dtype=dtype)
-    descriptor = hog(images, 9, (8, 6), 2)
-    assert descriptor.device.type == "meta" and descriptor.dtype == dtype
-    assert descriptor.shape == (3, 7, 9, 2, 2, 9)
-    cells = hog_cells(images[:, :1], 12, 8)
-    assert cells.device.type == "meta" and cells.dtype == dtype and cells.shape == (3, 12, 8, 7)
-
-
-def test_fast_path_reads_nothing_back_to_the_host(monkeypatch, float32_path):
-    """The same on real CPU tensors: every way of reading a tensor into Python raises during the call."""
-    images = _batch(_images((64, 64), gray=False)).float()
-    expected = hog(images, 9, 8, 2, method="reference")
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host round-trip on the hot path")
-
-    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    descriptor = hog(images, 9, 8, 2)
-    monkeypatch.undo()
-    torch.testing.assert_close(descriptor, expected, rtol=0, atol=1e-5)
-
-
-def test_inputs_that_need_gradients_take_the_differentiable_reference():
-    images = _batch(_images((48, 40), gray=False)).requires_grad_()
-    cells = hog_cells(images, 9, 8)
-    cells.sum().backward()
-    assert images.grad is not None  # (NaN where a gradient is zero: hypot's derivative there)
-    assert images.grad.nan_to_num().abs().sum() > 0
-    with torch.no_grad():
-        torch.testing.assert_close(hog_cells(images, 9, 8), cells.detach(), rtol=0, atol=1e-14)
-
-
-def test_unknown_method_raises():
-    with pytest.raises(ValueError, match="method"):
-        hog(torch.zeros(1, 3, 16, 16), method="faster")
-
-
-def test_a_non_finite_pixel_stays_in_its_cell(float32_path):
-    """A NaN angle casts to an arbitrary int: it must still land in its own cell, not raise or spill."""
-    images = torch.rand(2, 3, 32, 32)
-    images[0, 1, 5, 5] = float("nan")
-    spoilt = hog_cells(images, 9, 8).isnan().any(1)  # [B, rows, cols]
-    assert spoilt[0, 0, 0] and spoilt.sum() == 1
-    torch.testing.assert_close(hog_cells(images[1:], 9, 8), hog_cells(images[1:], 9, 8, method="reference"))
