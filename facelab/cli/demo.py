@@ -413,7 +413,7 @@ def figures_markdown(figures: dict) -> str:
         + "; inputs "
         + ", ".join(f"{role}: {face}" for role, face in bb["inputs"].items()),
         f"- DragGAN: {dg['seconds']:.0f} s, seed {dg['seed']}, handles from {dg['landmark_source']}, "
-        f"{dg['steps']} steps (cap {dg['step_cap']}, {'targets reached' if dg['reached'] else 'targets not reached'})",
+        f"{dg['steps']} steps (cap {dg['step_cap']}, targets {'' if dg['reached'] else 'not '}reached)",
         *[f"- note: {note}" for note in [*bb["notes"], *dg["notes"]]],
     ]
     if figures["quick"]:
