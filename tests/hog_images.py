@@ -7,6 +7,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 from skimage import color, data, transform
@@ -69,3 +70,11 @@ def skimage_reference(image: np.ndarray, orientations, ppc, cpb, norm="L2-Hys", 
         **options,
     )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These tensors are tiny: on a busy 2-core machine OpenMP hand-offs cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

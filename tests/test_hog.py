@@ -18,17 +18,14 @@ from skimage import color
 
 from datamodules.synthetic_faces import render_face
 from facelab.ops.hog import BLOCK_NORMS, METHODS, hog, hog_cells, render_hog
-from tests.hog_images import PARAMS, as_batch, as_pair, hog_images, skimage_reference
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: on a busy 2-core machine OpenMP hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tests.hog_images import (
+    PARAMS,
+    as_batch,
+    as_pair,
+    hog_images,
+    single_thread,  # noqa: F401 (autouse: one thread in this module)
+    skimage_reference,
+)
 
 
 @pytest.fixture

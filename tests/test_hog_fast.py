@@ -13,17 +13,12 @@ import torch
 from facelab.ops import hog_fast
 from facelab.ops.hog import BLOCK_NORMS, hog, hog_cells
 from facelab.ops.hog_native import kernel_off
-from tests.hog_images import as_batch, hog_images, skimage_reference
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: on a busy 2-core machine OpenMP hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tests.hog_images import (
+    as_batch,
+    hog_images,
+    single_thread,  # noqa: F401 (autouse: one thread in this module)
+    skimage_reference,
+)
 
 
 @pytest.fixture(params=["kernel", "torch"])
