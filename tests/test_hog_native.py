@@ -73,6 +73,14 @@ def test_threads_split_the_batch_without_changing_a_bit():
     assert torch.equal(hog_cells(images[3:4], 9, 8)[0], single[3])
 
 
+def test_an_empty_batch_gives_empty_histograms_on_both_paths():
+    images = torch.zeros(0, 3, 24, 16)
+    got = hog_cells(images, 9, 8)
+    with kernel_off():
+        expected = hog_cells(images, 9, 8)
+    assert got.shape == expected.shape == (0, 9, 3, 2)
+
+
 def test_without_a_compiler_the_torch_path_runs_and_says_why(fresh_cache, monkeypatch, caplog):
     images = _faces(2, 64)
     expected = hog(images, 9, 8, 2)

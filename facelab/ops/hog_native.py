@@ -116,22 +116,23 @@ def kernel_cell_histograms(
     cell: tuple[int, int],
 ) -> torch.Tensor:
     """Per-cell histograms `[B, n_cells_row, n_cells_col, orientations]` (float32) from the kernel."""
-    images = images.detach().contiguous()
+    images = images.contiguous()
     batch, channels, height, width = images.shape
     hist = images.new_zeros(batch, height // cell[0], width // cell[1], orientations)
-    count = max(1, min(batch, torch.get_num_threads()))
-    bounds = [batch * i // count for i in range(count + 1)]
-    parts = [(first, end - first) for first, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    threads = max(1, min(batch, torch.get_num_threads()))
+    bounds = [batch * i // threads for i in range(threads + 1)]
+    parts = [(first, end - first) for first, end in zip(bounds[:-1], bounds[1:], strict=True) if end > first]
+    image_bytes, hist_bytes = (t.stride(0) * t.element_size() for t in (images, hist))  # contiguous
 
     def run(part: tuple[int, int]) -> int:
-        first, count = part
+        first, length = part
         return kernel(
-            images[first].data_ptr(), count, channels, height, width, orientations, *cell,
-            hist[first].data_ptr(),
+            images.data_ptr() + first * image_bytes, length, channels, height, width, orientations, *cell,
+            hist.data_ptr() + first * hist_bytes,
         )
 
-    if len(parts) == 1:
-        codes = [run(parts[0])]
+    if len(parts) <= 1:
+        codes = [run(part) for part in parts]
     else:
         with ThreadPoolExecutor(len(parts)) as pool:
             codes = list(pool.map(run, parts))
