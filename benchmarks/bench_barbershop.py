@@ -14,6 +14,7 @@ on B transfers with both reference pairs (shape != appearance).
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from facelab.heap import keep_freed_memory  # noqa: E402
 from facelab.nets.stylegan2 import Generator  # noqa: E402
 from facelab.nets.stylegan2_checkpoints import save_generator  # noqa: E402
 from lightning_modules.barbershop import Barbershop  # noqa: E402
@@ -107,6 +109,13 @@ def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[
     return timings
 
 
+def peak_memory_gib() -> float:
+    """The process's peak resident size (Linux reports KiB), or CUDA's peak allocation on a GPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,14 +130,16 @@ def main() -> None:
         help="32768 = config F; 4096 (default) keeps make bench short",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--system-heap", action="store_true", help="leave glibc's malloc as it is")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    heap = "system heap" if args.system_heap or not keep_freed_memory() else "freed memory kept (as a job)"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
         f"device {device}, {torch.get_num_threads()} threads, {args.steps} timed steps per stage, "
-        f"channel_base {args.channel_base}; per transfer at the official steps = (set-up and outputs + "
-        "official steps x time per step) / B"
+        f"channel_base {args.channel_base}, {heap}; per transfer at the official steps = (set-up and "
+        "outputs + official steps x time per step) / B"
     )
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
@@ -146,7 +157,7 @@ def main() -> None:
                     f"\n{size} px, B = {batch_size}: {total / batch_size:.1f} s per transfer at the official "
                     f"steps, {rates[batch_size] * 3600:.1f} transfers/h, x{rates[batch_size] / base:.2f} the "
                     "items/s of "
-                    f"B = {args.batches[0]}"
+                    f"B = {args.batches[0]}; peak resident memory so far {peak_memory_gib():.1f} GiB"
                 )
                 print("| stage | share | s per step (batch) | s per step per transfer |")
                 print("|---|---|---|---|")

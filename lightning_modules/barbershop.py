@@ -46,6 +46,7 @@ from facelab.metrics.perceptual import PerceptualDistance
 from facelab.nets.bisenet import load_bisenet
 from facelab.nets.bisenet import normalize as bisenet_input
 from facelab.nets.frozen import register_frozen
+from facelab.nets.item_by_item import item_by_item
 from facelab.nets.stylegan2_checkpoints import load_generator
 from facelab.nets.vgg import VGG16Features
 from facelab.ops.hair_masks import (
@@ -135,9 +136,11 @@ class Barbershop(LatentFit):
         if needs_parser and not parser_path:
             raise ValueError("fit.module.parser_path is needed by the stages after the embeddings.")
         if parser_path:
-            register_frozen(self, "parser", load_bisenet(parser_path))
-        register_frozen(self, "lpips", PerceptualDistance("vgg", weights_path=lpips_trunk_path))
-        register_frozen(self, "vgg", VGG16Features(STYLE_LAYERS, vgg_weights_path, imagenet_input=False))
+            register_frozen(self, "parser", item_by_item(load_bisenet(parser_path)))
+        register_frozen(self, "lpips", item_by_item(PerceptualDistance("vgg", weights_path=lpips_trunk_path)))
+        register_frozen(
+            self, "vgg", item_by_item(VGG16Features(STYLE_LAYERS, vgg_weights_path, imagenet_input=False))
+        )
         synthesis = self.generator.synthesis
         if f_resolution not in synthesis.block_resolutions[:-1]:
             raise ValueError(

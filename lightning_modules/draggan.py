@@ -33,6 +33,7 @@ from datamodules.fit_inputs import paste_into_photo
 from facelab.losses.barbershop import embedding_loss, lpips_features
 from facelab.metrics.perceptual import PerceptualDistance
 from facelab.nets.frozen import register_frozen
+from facelab.nets.item_by_item import item_by_item
 from facelab.nets.stylegan2_checkpoints import load_generator
 from facelab.ops.drag import FEATURE_RESOLUTION, drag_features, seed_start_ws
 from facelab.ops.drag_spec import DragSpecError, check_drag_spec
@@ -96,7 +97,7 @@ class DragGAN(PivotalTuning, LatentFit):
     ):
         self.inversion_weights = {"mse": 1.0, "lpips": 1.0, "p_norm": 1e-3, **(weights or {})}
         self.perceptual_size = min(perceptual_size, self.image_size)
-        register_frozen(self, "lpips", PerceptualDistance("vgg", weights_path=lpips_trunk_path))
+        register_frozen(self, "lpips", item_by_item(PerceptualDistance("vgg", weights_path=lpips_trunk_path)))
         self._generator_digest, self.pca = generator_pca(
             self.generator.mapping, self.generator_path, pca_samples, pca_seed, pca_cache_dir
         )

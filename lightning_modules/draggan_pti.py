@@ -32,6 +32,7 @@ from facelab.losses.barbershop import lpips_features
 from facelab.losses.pti import locality_terms, locality_ws, reconstruction_terms
 from facelab.metrics.perceptual import PerceptualDistance
 from facelab.nets.frozen import register_frozen
+from facelab.nets.item_by_item import item_by_item
 from facelab.nets.tuned_weights import call_per_item, flatten_weights
 from lightning_modules.latent_fit import Latent, batch_ids
 
@@ -79,7 +80,9 @@ class PivotalTuning:
             "truncation_psi": 0.5,
             **(locality or {}),
         }
-        register_frozen(self, "pti_lpips", PerceptualDistance(lpips_net, weights_path=lpips_trunk_path))
+        register_frozen(
+            self, "pti_lpips", item_by_item(PerceptualDistance(lpips_net, weights_path=lpips_trunk_path))
+        )
         self._pti_lpips_now: torch.Tensor | None = None
 
     def pti_identity(self, inversion_identity: str) -> str:

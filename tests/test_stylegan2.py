@@ -169,6 +169,40 @@ def test_modulated_conv_matches_plain_conv_formulation():
     torch.testing.assert_close(fused[..., 2:-2, 2:-2], reference[..., 2:-2, 2:-2], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("up, demodulate, kernel", [(1, True, 3), (2, True, 3), (1, False, 1)])
+def test_shared_weight_form_equals_the_fused_form_in_values_and_gradients(up, demodulate, kernel):
+    """fused=False (conv(x * s, W) * d, the form latent fits take) against fused=True (per-sample weights):
+    outputs and the gradients reaching x, the styles and the weight agree, with and without noise."""
+    torch.manual_seed(0)
+    x, weight = torch.randn(3, 6, 5, 5), torch.randn(4, 6, kernel, kernel)
+    styles, noise = torch.rand(3, 6) + 0.5, torch.randn(3, 1, 5 * up, 5 * up)
+    results = []
+    for fused in (True, False):
+        inputs = [tensor.clone().requires_grad_(True) for tensor in (x, styles, weight)]
+        out = modulated_conv2d(inputs[0], inputs[2], inputs[1], noise=noise, up=up, padding=kernel // 2,
+                               resample_filter=setup_filter(), demodulate=demodulate, fused=fused)
+        out.mul(torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append([out.detach(), *(tensor.grad for tensor in inputs)])
+    for fused_value, shared_value in zip(*results, strict=True):
+        torch.testing.assert_close(shared_value, fused_value, rtol=1e-4, atol=1e-5)
+
+
+def test_an_items_image_and_gradient_do_not_depend_on_its_batch_mates_bit_for_bit():
+    """The latent fits' promise at its root: on a CPU the synthesis of one item, and the gradient reaching
+    its latents, are the same bits alone as in a batch (the styles and convolutions run item by item)."""
+    generator = _tiny_generator().requires_grad_(False)
+    ws = generator.mapping(torch.randn(3, generator.z_dim)).detach()
+    results = []
+    for batch in (ws, ws[1:2]):
+        batch = batch.clone().requires_grad_(True)
+        image = generator.synthesis(batch, noise_mode="const")
+        image.mul(torch.linspace(-1, 1, image[0].numel()).reshape(image[0].shape)).sum().backward()
+        results.append((image.detach(), batch.grad))
+    (image_3, grad_3), (image_1, grad_1) = results
+    assert torch.equal(image_3[1:2], image_1) and torch.equal(grad_3[1:2], grad_1)
+    assert not torch.equal(image_3[0], image_3[1])  # the items differ, so the check could fail
+
+
 def test_demodulated_layers_ignore_weight_scale():
     generator = _tiny_generator()
     before = _outputs(generator)

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from facelab.cluster import process_rank
+from facelab.heap import keep_freed_memory
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -23,6 +24,8 @@ def _without_hydra(cfg: DictConfig) -> DictConfig:
 
 def apply_extras(cfg: DictConfig) -> None:
     extras = cfg.get("extras") or {}
+    if extras.get("keep_freed_memory", True):
+        keep_freed_memory()
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     if extras.get("print_config") and process_rank() == 0:  # once per job, not once per DDP rank

@@ -85,10 +85,16 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        styles = self.affine(w) * self.style_gain  # [B, in_channels]
-        return modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
+        return modulated_conv2d(x, self.weight, self.styles(w), noise=noise, up=self.up, padding=self.padding,
                                 resample_filter=getattr(self, "resample_filter", None),
-                                demodulate=self.demodulate)
+                                demodulate=self.demodulate, fused=False)
+
+    def styles(self, w: torch.Tensor) -> torch.Tensor:
+        """The modulation [B, in_channels] of latents [B, w_dim]. On a CPU item by item, as the convolution
+        (`modulated_conv2d`, fused=False): a batched matmul rounds a row differently by batch size."""
+        if w.device.type == "cpu" and w.shape[0] > 1:
+            return torch.cat([self.affine(item) for item in w.split(1)]) * self.style_gain
+        return self.affine(w) * self.style_gain
 
 
 class SynthesisLayer(ModulatedConv2d):

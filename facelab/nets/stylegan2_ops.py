@@ -9,6 +9,7 @@ padding per side, and leaky ReLU (slope 0.2) with gain sqrt(2) and an optional c
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -89,12 +90,26 @@ def modulated_conv2d(
     padding: int = 0,                   # Padding of the 3x3 convolution (1 in StyleGAN2).
     resample_filter: torch.Tensor | None = None,  # [k, k] filter from `setup_filter`, needed when up=2.
     demodulate: bool = True,            # Scale each sample's output filters to unit norm?
+    fused: bool = True,                 # One grouped conv with per-sample weights, or the shared weight.
 ) -> torch.Tensor:
-    """Per-sample modulated (and demodulated) convolution as one grouped conv; returns [B, O, H', W']."""
+    """Per-sample modulated (and demodulated) convolution; returns [B, O, H', W'].
+
+    The two forms are equal up to float rounding (NVlabs `modulated_conv2d`'s `fused_modconv`):
+    - fused: each sample's weight W * s (demodulated) in one grouped conv, as NVlabs runs the generator in
+      eval mode;
+    - not fused: the shared weight between two scalings, conv(x * s, W) * d, as NVlabs trains. facelab's
+      generator always takes this form, so a latent's image is the same whether or not a gradient is
+      taken. When gradients reach the styles (a latent fit), it skips the per-sample weight gradient that
+      the fused form pays for (a second conv's worth of work per layer): a config-F step at 256 px is 1.5x
+      faster per item on a CPU. The demodulation coefficients come from sum_i s_i^2 sum_k W_oik^2, not
+      from the per-sample weights.
+    """
     batch_size = x.shape[0]
     out_channels, in_channels, kh, kw = weight.shape  # [OIkk]
     assert x.ndim == 4 and x.shape[1] == in_channels, f"x {tuple(x.shape)} vs weight {tuple(weight.shape)}"
     assert styles.shape == (batch_size, in_channels), f"styles {tuple(styles.shape)}"
+    if not fused:
+        return _modulated_conv2d_shared(x, weight, styles, noise, up, padding, resample_filter, demodulate)
 
     w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, in_channels, 1, 1)  # [NOIkk]
     if demodulate:
@@ -110,12 +125,47 @@ def modulated_conv2d(
         # Transposed conv takes weights [in, out/groups, k, k] per group.
         w = w.transpose(1, 2).reshape(batch_size * in_channels, out_channels, kh, kw)
         x = F.conv_transpose2d(x, w.to(x.dtype), stride=2, groups=batch_size)
-        # NVlabs conv2d_resample: filter padding ((f+up-1)//2 + p - (k-1), (f-up)//2 + p - (k-up)) per side.
-        taps = resample_filter.shape[-1]
-        pad0 = (taps + up - 1) // 2 + padding - (kw - 1)
-        pad1 = (taps - up) // 2 + padding - (kw - up)
-        x = upfirdn2d(x, resample_filter, pad=(pad0, pad1), gain=up**2)
+        x = _upsampling_filter(x, resample_filter, padding, kw)
     x = x.reshape(batch_size, out_channels, *x.shape[2:])
     if noise is not None:
         x = x + noise.to(x.dtype)
     return x
+
+
+def _modulated_conv2d_shared(x, weight, styles, noise, up, padding, resample_filter, demodulate):
+    """`modulated_conv2d` with `fused=False`: conv(x * s, W) * d (+ noise).
+
+    On a CPU the convolution runs item by item: oneDNN rounds a batched convolution's rows differently
+    depending on the batch size (about 1e-6 relative), which a latent fit's steps amplify past the promise
+    that an item's result does not depend on its batch-mates, and the batch buys nothing there (a config-F
+    layer is compute-bound at one item). On a GPU the batch shares one convolution."""
+    batch_size, in_channels = styles.shape
+    x = x * styles.to(x.dtype).reshape(batch_size, in_channels, 1, 1)
+    if up == 1:
+        conv = partial(F.conv2d, weight=weight.to(x.dtype), padding=padding)
+    else:
+        assert up == 2 and resample_filter is not None, "only up=2 with a resample filter is supported"
+        conv = partial(F.conv_transpose2d, weight=weight.transpose(0, 1).to(x.dtype), stride=2)
+    if x.device.type == "cpu" and batch_size > 1:
+        x = torch.cat([conv(item) for item in x.split(1)])
+    else:
+        x = conv(x)
+    if up == 2:
+        x = _upsampling_filter(x, resample_filter, padding, weight.shape[-1])
+    if demodulate:
+        # sum_i s_i^2 sum_k W_oik^2 as a broadcast sum, whose rows do not depend on the batch (a matmul's may)
+        energy = styles.square().unsqueeze(1) * weight.square().sum(dim=[2, 3]).unsqueeze(0)  # [B, O, I]
+        dcoefs = (energy.sum(dim=2) + 1e-8).rsqrt()  # [B, O]
+        x = x * dcoefs.to(x.dtype).reshape(*dcoefs.shape, 1, 1)
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    return x
+
+
+def _upsampling_filter(x: torch.Tensor, resample_filter: torch.Tensor, padding: int, kernel: int):
+    """The FIR filter after the stride-2 transposed conv. NVlabs conv2d_resample pads
+    ((f + up - 1) // 2 + p - (k - 1), (f - up) // 2 + p - (k - up)) per side, up = 2."""
+    taps, up = resample_filter.shape[-1], 2
+    pad0 = (taps + up - 1) // 2 + padding - (kernel - 1)
+    pad1 = (taps - up) // 2 + padding - (kernel - up)
+    return upfirdn2d(x, resample_filter, pad=(pad0, pad1), gain=up**2)
