@@ -65,31 +65,34 @@ def build(folder: Path, size: int, steps: int, channel_base: int) -> Barbershop:
     )
 
 
-def run_stage(module: Barbershop, stage: str, batch: dict) -> tuple[dict, float, float]:
-    """(outputs, seconds per optimiser step, seconds of set-up + outputs) of one stage on `batch`."""
+def run_stage(module: Barbershop, stage: str, batch: dict, warmup: int) -> tuple[dict, float, float]:
+    """(outputs, seconds per optimiser step, seconds of set-up + outputs) of one stage on `batch`; the first
+    `warmup` steps (allocation, kernel choice) count as set-up, the steps after them are timed."""
     began = time.perf_counter()
     module.begin_stage(stage, batch)
     steps, step_seconds = module.stage_steps(stage), 0.0
     if steps:
         optimizer = module.stage_settings[stage]["optimizer"](module.trainable_parameters())
-        stepping = time.perf_counter()
-        for _ in range(steps):
+        for step in range(warmup + steps):
+            if step == warmup:
+                stepping = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             module.stage_losses()[2]["total"].sum().backward()
             optimizer.step()
         step_seconds = (time.perf_counter() - stepping) / steps
+        steps += warmup  # a warm-up step is one of the stage's steps; what it costs beyond one is set-up
     outputs = module.final_results()[0]
     return outputs, step_seconds, time.perf_counter() - began - step_seconds * steps
 
 
-def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[float, float]]:
+def transfer(module: Barbershop, batch_size: int, size: int, warmup: int) -> dict[str, tuple[float, float]]:
     """All stages for `batch_size` transfers of distinct random images: {stage: (s per step, s overhead)}."""
     generator = torch.Generator().manual_seed(batch_size)
     images = torch.rand(3 * batch_size, 3, size, size, generator=generator) * 2 - 1
     timings, per_image = {}, {}
     batch = {"image": images, "meta": {"item_id": [f"img{i}" for i in range(3 * batch_size)]}}
     for stage in ("embed_w", "embed_fs"):
-        outputs, per_step, overhead = run_stage(module, stage, batch)
+        outputs, per_step, overhead = run_stage(module, stage, batch, warmup)
         timings[stage], per_image[stage] = (per_step, overhead), outputs
         batch = {**batch, "previous": {**batch.get("previous", {}), stage: outputs}}
     columns = ("identity", "shape", "appearance")
@@ -104,7 +107,7 @@ def transfer(module: Barbershop, batch_size: int, size: int) -> dict[str, tuple[
         "appearance_path": [f"a{i}" for i in range(batch_size)],
     }
     for stage in ORDER[2:]:
-        outputs, per_step, overhead = run_stage(module, stage, {**item_batch, "previous": previous})
+        outputs, per_step, overhead = run_stage(module, stage, {**item_batch, "previous": previous}, warmup)
         timings[stage], previous[stage] = (per_step, overhead), outputs
     return timings
 
@@ -123,6 +126,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--steps", type=int, default=2, help="optimiser steps timed per stage")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per stage before them")
     parser.add_argument(
         "--channel-base",
         type=int,
@@ -146,7 +150,7 @@ def main() -> None:
             module = build(Path(folder), size, args.steps, args.channel_base).to(device)
             rates = {}
             for batch_size in args.batches:
-                timings = transfer(module, batch_size, size)
+                timings = transfer(module, batch_size, size, args.warmup)
                 seconds = {
                     s: OFFICIAL_STEPS[s] * per_step + overhead for s, (per_step, overhead) in timings.items()
                 }
