@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from facelab.fit import stages
 from facelab.fit.job import run_fit
 from facelab.fit.manifest import ManifestError
 from facelab.fit.records import FitRecords
@@ -201,6 +202,41 @@ def test_items_fitted_together_equal_items_fitted_alone(transfer_job, models, tm
                 torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
             else:
                 assert torch.equal(together, alone)
+
+
+def test_image_batch_size_caps_the_images_embedded_together_without_changing_them(
+    transfer_job, models, tmp_path, monkeypatch
+):
+    """image_batch_size=2: the 4 distinct images of the 3 transfers are embedded 2 at a time (bounded
+    memory), and every embedding and result equals the uncapped job's."""
+    groups = []
+    fit_stage = stages.fit_stage
+
+    def spy(cfg, module, records, stage, batch, keys):
+        groups.append((stage, len(keys)))
+        return fit_stage(cfg, module, records, stage, batch, keys)
+
+    monkeypatch.setattr(stages, "fit_stage", spy)
+    out = tmp_path / "capped"
+    manifest = write_manifest(models, "three", ROWS)
+    cfg = barbershop_config(
+        models, manifest, out, "batch_size=3", "image_batch_size=2", f"cache_dir={tmp_path / 'cache'}"
+    )
+    run_fit(cfg)
+    assert [n for stage, n in groups if stage == "embed_w"] == [2, 2]
+    assert [n for stage, n in groups if stage == "blend"] == [3]
+    for item_id in ("separate", "shape_only", "reuse"):
+        for stage, name in (("embed_w", "identity_w"), ("embed_fs", "shape_f"), ("blend", "ws")):
+            capped = torch.load(out / "items" / item_id / stage / f"{name}.pt")
+            uncapped = torch.load(transfer_job / "items" / item_id / stage / f"{name}.pt")
+            torch.testing.assert_close(capped, uncapped, rtol=1e-5, atol=1e-5)
+
+
+def test_a_negative_image_batch_size_is_refused():
+    assert stages.image_groups(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
+    assert stages.image_groups(["a", "b", "c"], None) == [["a", "b", "c"]]
+    with pytest.raises(ValueError, match="image_batch_size=-1"):
+        stages.image_groups(["a"], -1)
 
 
 def test_shape_only_transfer_uses_the_shape_pair_for_appearance(transfer_job):

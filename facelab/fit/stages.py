@@ -150,18 +150,18 @@ def run_image_stage(
             paths[key] = path
     unique = list(dict.fromkeys(keys.values()))
     missing = unique if rerun else [key for key in unique if cache.read(key, stage) is None]
-    if missing:
+    for group in image_groups(missing, cfg.get("image_batch_size")):
         batch = {
-            "image": torch.stack([items.load_image(paths[key]) for key in missing]),
-            "meta": {"item_id": list(missing), "image_path": [paths[key] for key in missing]},
+            "image": torch.stack([items.load_image(paths[key]) for key in group]),
+            "meta": {"item_id": list(group), "image_path": [paths[key] for key in group]},
         }
-        batch["previous"] = _cached_previous(module, cache, stage, [paths[key] for key in missing])
-        result = fit_stage(cfg, module, records, stage, batch, missing)
-        for index, key in enumerate(missing):
+        batch["previous"] = _cached_previous(module, cache, stage, [paths[key] for key in group])
+        result = fit_stage(cfg, module, records, stage, batch, group)
+        for index, key in enumerate(group):
             tensors = {name: value[index] for name, value in result["outputs"].items()}
             curves = curves_csv(result["curves"][key]) if result["curves"][key] else b""
             cache.write(key, stage, tensors, curves)
-        records.finish_chunk(missing, stage)
+        records.finish_chunk(group, stage)
     reused = len(unique) - len(missing)
     log.info(
         "stage %s: %d image(s) fitted, %d embedding(s) reused from the cache %s",
@@ -190,6 +190,17 @@ def run_image_stage(
             },
         )
     return {"fitted": len(missing), "reused": reused}
+
+
+def image_groups(keys: list[str], image_batch_size: int | None) -> list[list[str]]:
+    """The images an image stage fits together: all of a chunk's (null / 0), or groups of at most
+    `image_batch_size` (a chunk of B transfers brings up to 3B images, whose activations may not fit in
+    memory at once). Each group's results are cached as soon as it ends, so a rerun after a crash finds the
+    same next group and its chunk checkpoint."""
+    if image_batch_size is not None and image_batch_size < 0:
+        raise ValueError(f"image_batch_size={image_batch_size}: give a positive count, or null for no cap.")
+    size = image_batch_size or max(len(keys), 1)
+    return [keys[start : start + size] for start in range(0, len(keys), size)]
 
 
 def _cached_previous(module, cache: StageCache, stage: str, paths: list[str]) -> dict:
