@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from facelab.heap import keep_freed_memory
 from facelab.nets.stylegan2 import Generator
 
 FEATURE_RESOLUTION = 128  # the block DragGAN reads its features from
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="256 px only, one repeat (a smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--system-heap", action="store_true", help="leave glibc's malloc as it is")
     args = parser.parse_args()
     if args.quick:
         args.resolutions, args.repeats = [256], 1
@@ -135,8 +137,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     networks, why_not = load_nvlabs_networks()
+    kept = not args.system_heap and keep_freed_memory()  # as every facelab job runs (facelab/heap.py)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}, "
+          f"{'freed memory kept' if kept else 'system heap'}")
     if "cuda" in devices:
         print(f"GPU: {torch.cuda.get_device_name()}")
     print(f"reference: {'NVlabs networks_stylegan2 (draggan 1.1.6)' if networks else f'none ({why_not})'}")
