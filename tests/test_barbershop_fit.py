@@ -232,7 +232,7 @@ def test_image_batch_size_caps_the_images_embedded_together_without_changing_the
             torch.testing.assert_close(capped, uncapped, rtol=1e-5, atol=1e-5)
 
 
-def test_a_negative_image_batch_size_is_refused():
+def test_image_groups_keep_the_order_and_refuse_a_negative_size():
     assert stages.image_groups(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
     assert stages.image_groups(["a", "b", "c"], None) == [["a", "b", "c"]]
     with pytest.raises(ValueError, match="image_batch_size=-1"):
