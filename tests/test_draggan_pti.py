@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from skimage import data, transform
 
+from facelab.cli.convert import convert_main
 from facelab.fit.job import run_fit
 from facelab.fit.records import FitRecords
 from facelab.io.images import read_rgb, save_image, to_uint8
@@ -340,3 +341,23 @@ def test_locality_latent_and_terms_follow_the_official_regulariser(tmp_path):
     reference = lpips((tuned + 1) / 2, (original + 1) / 2)  # the metric's own LPIPS, images in [0, 1]
     assert torch.allclose(terms["locality_lpips"], 0.3 * reference, atol=1e-6)
     assert (terms["locality_lpips"] > 0).all()
+
+
+@pytest.mark.slow
+def test_a_photos_tuned_generator_exports_as_a_standalone_file(assets, tuned_job, tmp_path):
+    """facelab-convert --tuned-weights: the written generator, loaded alone, renders the drag's final image
+    from its final W+; a vector tuned from another generator is refused naming the file."""
+    weights_file = tuned_job / "items" / "face" / "pti" / "photo_weights.pt"
+    out = tmp_path / "face_generator.pt"
+    assert convert_main([str(assets["generator"]), str(out), "--tuned-weights", str(weights_file)]) == 0
+    exported = load_generator(out)
+    final_ws = load(tuned_job, "face", "drag", "ws")[None]
+    with torch.no_grad():
+        image = exported.synthesis(final_ws, noise_mode="const")
+        untuned = load_generator(assets["generator"]).synthesis(final_ws, noise_mode="const")
+    assert np.array_equal(read_rgb(tuned_job / "items" / "face" / "drag" / "image.png"), to_uint8(image[0]))
+    assert not torch.equal(image, untuned)
+    short = tmp_path / "short.pt"
+    torch.save(torch.zeros(7), short)
+    with pytest.raises(ValueError, match="short.pt"):
+        convert_main([str(assets["generator"]), str(tmp_path / "x.pt"), "--tuned-weights", str(short)])

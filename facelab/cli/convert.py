@@ -4,6 +4,10 @@ IN may be an NVlabs .pkl (read without running any code from it), a rosinality .
 OUT is facelab's own format (loads with `torch.load(weights_only=True)`, no NVlabs code needed), or with
 `--format rosinality` rosinality's `{"g_ema", "latent_avg"}` layout, which Barbershop's and other
 rosinality-based code read as their `ffhq.pt`.
+
+`--tuned-weights photo_weights.pt` writes the generator with a DragGAN photo job's PTI-tuned synthesis
+weights (`items/<id>/pti/photo_weights.pt`, a flat vector over IN's synthesis parameters) in place of IN's
+own, so the photo's tuned generator can be used on its own (another drag, another tool).
 """
 
 from __future__ import annotations
@@ -16,6 +20,24 @@ import torch
 
 from facelab.io.files import atomic_write_bytes
 from facelab.nets.stylegan2_checkpoints import load_generator, nvlabs_to_rosinality, save_generator
+from facelab.nets.tuned_weights import parameter_layout, unflatten
+
+
+def apply_tuned_weights(generator: torch.nn.Module, path: str) -> None:
+    """Load a flat PTI weight vector `[P]` from `path` into `generator.synthesis` (in place); a vector of
+    another length (tuned from another generator) is an error naming the file."""
+    flat = torch.load(path, map_location="cpu", weights_only=True)
+    layout = parameter_layout(generator.synthesis)
+    expected = sum(shape.numel() for _, shape in layout)
+    if not isinstance(flat, torch.Tensor) or flat.ndim != 1 or flat.numel() != expected:
+        shape = tuple(flat.shape) if isinstance(flat, torch.Tensor) else type(flat).__name__
+        raise ValueError(
+            f"{path}: a flat vector of the synthesis network's {expected} weights expected, got {shape}; "
+            "give the generator file the photo job tuned (its fit.module.generator_path)."
+        )
+    with torch.no_grad():
+        for name, value in unflatten(flat.float(), layout).items():
+            generator.synthesis.get_parameter(name).copy_(value)
 
 
 def convert_main(argv: list[str] | None = None) -> int:
@@ -29,8 +51,11 @@ def convert_main(argv: list[str] | None = None) -> int:
         default="facelab",
         help="facelab's own file (default) or rosinality's g_ema + latent_avg layout",
     )
+    parser.add_argument("--tuned-weights", help="a DragGAN photo job's pti/photo_weights.pt to write in")
     args = parser.parse_args(argv)
     generator = load_generator(args.source)
+    if args.tuned_weights:
+        apply_tuned_weights(generator, args.tuned_weights)
     if args.format == "rosinality":
         buffer = io.BytesIO()
         torch.save(nvlabs_to_rosinality(generator.state_dict()), buffer)
