@@ -150,7 +150,12 @@ def main() -> None:
             module = build(Path(folder), size, args.steps, args.channel_base).to(device)
             rates = {}
             for batch_size in args.batches:
-                timings = transfer(module, batch_size, size, args.warmup)
+                try:
+                    timings = transfer(module, batch_size, size, args.warmup)
+                except torch.OutOfMemoryError:  # a GPU's; larger batches would not fit either
+                    print(f"\n{size} px, B = {batch_size}: out of GPU memory (3B = {3 * batch_size} images)")
+                    torch.cuda.empty_cache()
+                    break
                 seconds = {
                     s: OFFICIAL_STEPS[s] * per_step + overhead for s, (per_step, overhead) in timings.items()
                 }
