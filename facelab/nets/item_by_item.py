@@ -14,20 +14,22 @@ import torch
 from torch import nn
 
 
-def _one_at_a_time(layer_forward, x: torch.Tensor) -> torch.Tensor:
+def one_at_a_time(forward, x: torch.Tensor) -> torch.Tensor:
+    """`forward(x)`, on a CPU run on each item of the batch `x` alone and concatenated (elsewhere, or for a
+    batch of one, in one call)."""
     if x.device.type != "cpu" or x.shape[0] < 2:
-        return layer_forward(x)
-    return torch.cat([layer_forward(item) for item in x.split(1)])
+        return forward(x)
+    return torch.cat([forward(item) for item in x.split(1)])
 
 
 class ItemByItemConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _one_at_a_time(super().forward, x)
+        return one_at_a_time(super().forward, x)
 
 
 class ItemByItemLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _one_at_a_time(super().forward, x)
+        return one_at_a_time(super().forward, x)
 
 
 _SWITCHED = {nn.Conv2d: ItemByItemConv2d, nn.Linear: ItemByItemLinear}

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from facelab.nets.item_by_item import one_at_a_time
 from facelab.nets.stylegan2_ops import (
     bias_linear,
     bias_lrelu,
@@ -92,9 +93,7 @@ class ModulatedConv2d(nn.Module):
     def styles(self, w: torch.Tensor) -> torch.Tensor:
         """The modulation [B, in_channels] of latents [B, w_dim]. On a CPU item by item, as the convolution
         (`modulated_conv2d`, fused=False): a batched matmul rounds a row differently by batch size."""
-        if w.device.type == "cpu" and w.shape[0] > 1:
-            return torch.cat([self.affine(item) for item in w.split(1)]) * self.style_gain
-        return self.affine(w) * self.style_gain
+        return one_at_a_time(self.affine, w) * self.style_gain
 
 
 class SynthesisLayer(ModulatedConv2d):

@@ -14,6 +14,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from facelab.nets.item_by_item import one_at_a_time
+
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 
@@ -146,10 +148,7 @@ def _modulated_conv2d_shared(x, weight, styles, noise, up, padding, resample_fil
     else:
         assert up == 2 and resample_filter is not None, "only up=2 with a resample filter is supported"
         conv = partial(F.conv_transpose2d, weight=weight.transpose(0, 1).to(x.dtype), stride=2)
-    if x.device.type == "cpu" and batch_size > 1:
-        x = torch.cat([conv(item) for item in x.split(1)])
-    else:
-        x = conv(x)
+    x = one_at_a_time(conv, x)
     if up == 2:
         x = _upsampling_filter(x, resample_filter, padding, weight.shape[-1])
     if demodulate:
